@@ -1,0 +1,156 @@
+//! The events that flow from `decide` and `act` towards `prove` and `report`.
+//!
+//! Every incident transition and every runbook run is one of these. They are
+//! plain data (serde), so the evidence module can seal them into bundles and
+//! the store can keep them, without either reaching back up the flow.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One thing that happened and must be proven later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    IncidentTransition(IncidentTransition),
+    RunbookRun(RunbookRun),
+}
+
+impl Event {
+    /// The correlation ID shared by the journal, SQLite, the bundle and its S3 key.
+    pub fn incident_id(&self) -> &str {
+        match self {
+            Event::IncidentTransition(t) => &t.incident_id,
+            Event::RunbookRun(r) => &r.incident_id,
+        }
+    }
+}
+
+/// The states an incident moves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// The check fails; remediation may run.
+    Firing,
+    /// The check keeps changing state; remediation is suppressed.
+    Flapping,
+    /// Remediation was refused (rate limit, failed verification): a person must look.
+    NeedsHuman,
+    /// The check passes again; the incident is closed.
+    Resolved,
+}
+
+impl IncidentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Firing => "firing",
+            IncidentState::Flapping => "flapping",
+            IncidentState::NeedsHuman => "needs_human",
+            IncidentState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "firing" => IncidentState::Firing,
+            "flapping" => IncidentState::Flapping,
+            "needs_human" => IncidentState::NeedsHuman,
+            "resolved" => IncidentState::Resolved,
+            _ => return None,
+        })
+    }
+
+    pub fn is_open(self) -> bool {
+        self != IncidentState::Resolved
+    }
+}
+
+/// An incident opened, changed state, or closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentTransition {
+    pub incident_id: String,
+    /// The check that fired, e.g. `unit_failed`, `crash_loop`.
+    pub check: String,
+    /// What the check looks at, e.g. a unit name.
+    pub target: String,
+    pub severity: String,
+    /// `None` when the incident opens.
+    pub from: Option<IncidentState>,
+    pub to: IncidentState,
+    pub at: DateTime<Utc>,
+    /// Why the transition happened, in words.
+    pub reason: String,
+    /// What was observed (unit properties and the like), as recorded at the time.
+    pub observation: serde_json::Value,
+}
+
+/// One execution of a runbook (or a refusal to execute it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunbookRun {
+    /// Unique per run; stable across a crash (the store writes it before the first step).
+    pub run_id: String,
+    pub incident_id: String,
+    pub runbook: String,
+    pub target: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: RunOutcome,
+    pub steps: Vec<StepRecord>,
+    /// Every rate-limit decision taken for this run.
+    pub rate_limit: Vec<RateLimitDecision>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Steps ran and the verification passed.
+    Success,
+    /// A step or the verification failed.
+    Failed,
+    /// Dry-run mode: nothing was done, the steps say what would have been.
+    DryRun,
+    /// A rate limit refused the run; the incident escalated.
+    RateLimited,
+    /// The agent stopped (or died) while the run was in flight.
+    Interrupted,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Success => "success",
+            RunOutcome::Failed => "failed",
+            RunOutcome::DryRun => "dry_run",
+            RunOutcome::RateLimited => "rate_limited",
+            RunOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One step of a runbook, with its result and what identifies it in systemd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// `ok`, `failed`, `skipped` or `would_run`.
+    pub result: String,
+    /// Step specifics: job path and result, invocation ID, journal cursor, figures.
+    pub detail: serde_json::Value,
+}
+
+/// A rate limiter's answer for one (runbook, target) at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitDecision {
+    pub runbook: String,
+    pub target: String,
+    pub at: DateTime<Utc>,
+    pub allowed: bool,
+    /// `allowed`, `min_interval`, `max_runs_in_window`, `global_budget`.
+    pub rule: String,
+    pub runs_in_window: u32,
+    pub max_runs: u32,
+    pub window_secs: u64,
+    pub global_runs_last_hour: u32,
+    pub global_budget: u32,
+}

@@ -1,0 +1,2 @@
+//! msp-agent: watch → decide → act → prove → report.
+pub mod events;
