@@ -111,6 +111,8 @@ pub enum RunOutcome {
     DryRun,
     /// A rate limit refused the run; the incident escalated.
     RateLimited,
+    /// A silence or flapping held remediation back.
+    Suppressed,
     /// The agent stopped (or died) while the run was in flight.
     Interrupted,
 }
@@ -122,6 +124,7 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::DryRun => "dry_run",
             RunOutcome::RateLimited => "rate_limited",
+            RunOutcome::Suppressed => "suppressed",
             RunOutcome::Interrupted => "interrupted",
         }
     }
