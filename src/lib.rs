@@ -1,7 +1,14 @@
 //! msp-agent: watch → decide → act → prove → report.
 //!
 //! See ARCHITECTURE.md for the map; each module opens with what it owns.
+pub mod act;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod events;
+pub mod logging;
+pub mod notify;
+pub mod polkit;
 pub mod store;
+pub mod watch;

@@ -31,6 +31,8 @@ pub struct Condition {
     pub severity: String,
     pub reason: String,
     pub observation: serde_json::Value,
+    /// The change was caused by our own runbook: it does not count as flapping.
+    pub induced: bool,
 }
 
 /// An incident that is not resolved yet.
@@ -111,7 +113,7 @@ impl Engine {
             .or_default();
         track.last_observation = c.observation.clone();
         let edge = track.failing != c.failing;
-        if edge {
+        if edge && !c.induced {
             track.edges.push_back(c.at);
         }
         prune(&mut track.edges, c.at, cfg.flap_window);
@@ -320,6 +322,7 @@ mod tests {
                         severity: "critical".into(),
                         reason: "r".into(),
                         observation: serde_json::Value::Null,
+                        induced: false,
                     },
                     &mut || {
                         n += 1;
@@ -411,6 +414,7 @@ mod tests {
             severity: "critical".into(),
             reason: "r".into(),
             observation: serde_json::Value::Null,
+            induced: false,
         };
         let mut ids = || "INC-new".to_string();
         assert!(e.observe(c(10, true), &mut ids).is_empty());

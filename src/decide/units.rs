@@ -49,6 +49,7 @@ pub fn unit_failed(obs: &UnitObservation, expect_active: bool) -> Condition {
         severity: "critical".into(),
         reason,
         observation: serde_json::to_value(obs).unwrap_or_default(),
+        induced: false,
     }
 }
 
@@ -114,6 +115,7 @@ impl CrashLoops {
                 window.as_secs()
             ),
             observation: serde_json::to_value(obs).unwrap_or_default(),
+            induced: false,
         }
     }
 }

@@ -1,0 +1,167 @@
+//! RB-SERVICE-001: restart a unit over D-Bus, wait for the job's result, and
+//! verify that the unit stays active for a settle period.
+//!
+//! The JobRemoved stream is opened before RestartUnit is called, so the job's
+//! end cannot be missed. Cancellation (SIGTERM past the grace period) ends the
+//! run between or inside steps with the steps done so far.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use zbus_systemd::systemd1::ManagerProxy;
+
+use super::{StepTimer, journal_cursor};
+use crate::events::{RunOutcome, StepRecord};
+use crate::watch::systemd::{connect, read_unit, unit_path};
+
+pub const RUNBOOK_ID: &str = "RB-SERVICE-001";
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub job_timeout: Duration,
+    pub settle: Duration,
+    pub dry_run: bool,
+}
+
+pub async fn run(unit: &str, p: &Params, cancel: &CancellationToken) -> (RunOutcome, Vec<StepRecord>) {
+    let mut steps = Vec::new();
+    if p.dry_run {
+        steps.push(StepTimer::start("restart_unit").finish(
+            "would_run",
+            json!({"method": "org.freedesktop.systemd1.Manager.RestartUnit", "unit": unit, "mode": "replace"}),
+        ));
+        steps.push(StepTimer::start("verify_active").finish(
+            "would_run",
+            json!({"settle_secs": p.settle.as_secs_f64()}),
+        ));
+        return (RunOutcome::DryRun, steps);
+    }
+
+    // Step 1: RestartUnit and wait for the job.
+    let timer = StepTimer::start("restart_unit");
+    let restart = tokio::select! {
+        _ = cancel.cancelled() => Err("interrupted: the agent is stopping".to_string()),
+        r = restart_and_wait(unit, p.job_timeout) => r,
+    };
+    match restart {
+        Ok(detail) => {
+            let ok = detail["job_result"] == "done";
+            steps.push(timer.finish(if ok { "ok" } else { "failed" }, detail));
+            if !ok {
+                return (RunOutcome::Failed, steps);
+            }
+        }
+        Err(error) => {
+            let interrupted = cancel.is_cancelled();
+            steps.push(timer.finish("failed", json!({"error": error})));
+            return (
+                if interrupted { RunOutcome::Interrupted } else { RunOutcome::Failed },
+                steps,
+            );
+        }
+    }
+
+    // Step 2: the unit must stay active for the settle period.
+    let timer = StepTimer::start("verify_active");
+    let verify = tokio::select! {
+        _ = cancel.cancelled() => Err(json!({"error": "interrupted: the agent is stopping"})),
+        r = verify_active(unit, p.settle) => r,
+    };
+    let cursor = journal_cursor(unit).await;
+    match verify {
+        Ok(mut detail) => {
+            detail["journal_cursor"] = json!(cursor);
+            steps.push(timer.finish("ok", detail));
+            (RunOutcome::Success, steps)
+        }
+        Err(mut detail) => {
+            detail["journal_cursor"] = json!(cursor);
+            steps.push(timer.finish("failed", detail));
+            let outcome = if cancel.is_cancelled() {
+                RunOutcome::Interrupted
+            } else {
+                RunOutcome::Failed
+            };
+            (outcome, steps)
+        }
+    }
+}
+
+async fn restart_and_wait(unit: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+    let conn = connect().await.map_err(|e| format!("system bus: {e}"))?;
+    let manager = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+    let mut removed = manager
+        .receive_job_removed()
+        .await
+        .map_err(|e| e.to_string())?;
+    manager.subscribe().await.map_err(|e| e.to_string())?;
+    let job = manager
+        .restart_unit(unit.to_string(), "replace".to_string())
+        .await
+        .map_err(|e| format!("RestartUnit {unit}: {e}"))?;
+    let wait = async {
+        while let Some(sig) = removed.next().await {
+            if let Ok(args) = sig.args() {
+                if *args.job() == job {
+                    return Some((args.id, args.result().to_string()));
+                }
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Some((id, result))) => Ok(json!({
+            "method": "org.freedesktop.systemd1.Manager.RestartUnit",
+            "unit": unit,
+            "mode": "replace",
+            "job": job.as_str(),
+            "job_id": id,
+            "job_result": result,
+        })),
+        Ok(None) => Err(format!("the bus closed before job {} ended", job.as_str())),
+        Err(_) => Err(format!(
+            "job {} did not end within {}s",
+            job.as_str(),
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// Polls the unit during the settle period; fails as soon as it leaves `active`.
+async fn verify_active(unit: &str, settle: Duration) -> Result<serde_json::Value, serde_json::Value> {
+    let conn = connect()
+        .await
+        .map_err(|e| json!({"error": format!("system bus: {e}")}))?;
+    let manager = ManagerProxy::new(&conn)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let path = unit_path(&manager, unit)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let start = tokio::time::Instant::now();
+    let mut last;
+    loop {
+        let obs = read_unit(&conn, unit, &path)
+            .await
+            .map_err(|e| json!({"error": e.to_string()}))?;
+        let detail = json!({
+            "active_state": obs.active_state,
+            "sub_state": obs.sub_state,
+            "result": obs.result,
+            "invocation_id": obs.invocation_id,
+            "n_restarts": obs.n_restarts,
+            "held_secs": start.elapsed().as_secs_f64(),
+            "settle_secs": settle.as_secs_f64(),
+        });
+        last = detail;
+        if obs.active_state != "active" && obs.active_state != "activating" && obs.active_state != "reloading" {
+            return Err(last);
+        }
+        if start.elapsed() >= settle {
+            return if obs.active_state == "active" { Ok(last) } else { Err(last) };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

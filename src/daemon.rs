@@ -1,0 +1,551 @@
+//! The running agent: wires watch → decide → act → (prove, report) together.
+//!
+//! One task owns the decision state (the incident engine, in-flight runs,
+//! deferrals); watchers and runbooks talk to it over channels. Every
+//! transition and run is written to SQLite (with its evidence event queued in
+//! the same transaction) before anything else is done about it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::act::service_restart;
+use crate::config::Config;
+use crate::decide::incident::{Engine, EngineConfig, chrono_dur};
+use crate::decide::limits::{self, History, Limits, Verdict};
+use crate::decide::units::{CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed};
+use crate::events::{IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord};
+use crate::notify;
+use crate::store::{Store, StoreError};
+use crate::watch::units::{UnitWatcher, WatchEvent};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+struct InFlight {
+    run: RunbookRun,
+    cancel: CancellationToken,
+}
+
+pub struct Daemon {
+    config: Config,
+    config_source: String,
+    store: Arc<Mutex<Store>>,
+    engine: Engine,
+    crash_loops: CrashLoops,
+    last_obs: HashMap<String, UnitObservation>,
+    in_flight: HashMap<String, InFlight>,
+    deferred: HashMap<String, DateTime<Utc>>,
+    pending_decisions: HashMap<String, Vec<RateLimitDecision>>,
+    suppressed_noted: HashSet<String>,
+    run_tx: mpsc::Sender<RunbookRun>,
+    run_rx: Option<mpsc::Receiver<RunbookRun>>,
+    watched_units: usize,
+    bus_connected: bool,
+    started_at: DateTime<Utc>,
+    last_status_line: String,
+}
+
+impl Daemon {
+    pub fn new(config: Config, config_source: String) -> anyhow::Result<Daemon> {
+        let state_dir = &config.agent.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+        let store = Store::open(&config.db_path())?;
+        let engine = Engine::new(EngineConfig {
+            flap_window: config.incidents.flap_window,
+            flap_threshold: *config.incidents.flap_threshold.get_ref(),
+            resolve_hold: config.incidents.resolve_hold,
+        });
+        let (run_tx, run_rx) = mpsc::channel(64);
+        Ok(Daemon {
+            config,
+            config_source,
+            store: Arc::new(Mutex::new(store)),
+            engine,
+            crash_loops: CrashLoops::default(),
+            last_obs: HashMap::new(),
+            in_flight: HashMap::new(),
+            deferred: HashMap::new(),
+            pending_decisions: HashMap::new(),
+            suppressed_noted: HashSet::new(),
+            run_tx,
+            run_rx: Some(run_rx),
+            watched_units: 0,
+            bus_connected: false,
+            started_at: Utc::now(),
+            last_status_line: String::new(),
+        })
+    }
+
+    /// Runs the store operation off the async runtime (SQLite fsyncs).
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .expect("store task panicked")
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Recover: runs a previous process left in flight, and open incidents.
+        let now = Utc::now();
+        let interrupted = self.db(move |s| s.close_interrupted_runs(now)).await?;
+        for run in &interrupted {
+            tracing::warn!(
+                incident_id = %run.incident_id, runbook = %run.runbook, unit = %run.target,
+                run_id = %run.run_id,
+                "a runbook was in flight when the agent last stopped: recorded as interrupted, not repeated blindly"
+            );
+        }
+        for inc in self.db(|s| s.open_incidents()).await? {
+            tracing::info!(incident_id = %inc.id, state = inc.state.as_str(), unit = %inc.target,
+                "incident still open from before the restart");
+            self.engine.restore(inc);
+        }
+        self.write_status("starting").await;
+
+        let (watch_tx, mut watch_rx) = mpsc::channel(4096);
+        let watcher = UnitWatcher::new(&self.config, watch_tx);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let watch_cancel = cancel.child_token();
+        tracker.spawn(watcher.run(watch_cancel.clone()));
+
+        let mut run_rx = self.run_rx.take().expect("run receiver");
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watchdog = notify::watchdog_interval();
+        let mut last_ping = tokio::time::Instant::now();
+        let mut last_heartbeat = tokio::time::Instant::now();
+        let mut ready = false;
+
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = watch_rx.recv() => match ev {
+                    Some(WatchEvent::Unit(obs)) => self.on_unit(obs).await?,
+                    Some(WatchEvent::Connected { units }) => {
+                        self.watched_units = units;
+                        self.bus_connected = true;
+                        if !ready {
+                            ready = true;
+                            let line = self.status_line();
+                            notify::ready(&line);
+                            tracing::info!(units, dry_run = self.config.agent.dry_run, "msp-agent ready");
+                        }
+                        self.write_status("running").await;
+                    }
+                    Some(WatchEvent::Disconnected { error }) => {
+                        self.bus_connected = false;
+                        notify::status(&format!("system bus lost ({error}); reconnecting"));
+                        self.write_status("running").await;
+                    }
+                    None => anyhow::bail!("the unit watcher stopped"),
+                },
+                Some(run) = run_rx.recv() => self.on_run_done(run).await?,
+                _ = tick.tick() => {
+                    self.on_tick().await?;
+                    if let Some(interval) = watchdog {
+                        if last_ping.elapsed() >= interval {
+                            notify::watchdog();
+                            last_ping = tokio::time::Instant::now();
+                        }
+                    }
+                    if last_heartbeat.elapsed() >= Duration::from_secs(5) {
+                        self.write_status("running").await;
+                        last_heartbeat = tokio::time::Instant::now();
+                    }
+                    let line = self.status_line();
+                    if ready && line != self.last_status_line {
+                        notify::status(&line);
+                        self.last_status_line = line;
+                    }
+                }
+            }
+        }
+
+        // Shutdown: let runbooks in flight finish within the grace period, then
+        // interrupt them; either way each one ends up recorded.
+        watch_cancel.cancel();
+        notify::stopping("stopping: finishing runbooks in flight");
+        let grace = self.config.agent.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut cancelled = false;
+        while !self.in_flight.is_empty() {
+            tracing::info!(runs = self.in_flight.len(), "waiting for runbooks in flight before stopping");
+            let until = if cancelled { deadline + Duration::from_secs(5) } else { deadline };
+            match tokio::time::timeout_at(until, run_rx.recv()).await {
+                Ok(Some(run)) => self.on_run_done(run).await?,
+                Ok(None) => break,
+                Err(_) if !cancelled => {
+                    for f in self.in_flight.values() {
+                        f.cancel.cancel();
+                    }
+                    cancelled = true;
+                }
+                Err(_) => break,
+            }
+        }
+        let left: Vec<RunbookRun> = self.in_flight.drain().map(|(_, f)| f.run).collect();
+        for mut run in left {
+            run.outcome = RunOutcome::Interrupted;
+            run.finished_at = Some(Utc::now());
+            let r = run.clone();
+            self.db(move |s| s.finish_run(&r)).await?;
+        }
+        tracker.close();
+        tracker.wait().await;
+        self.write_status("stopped").await;
+        tracing::info!("msp-agent stopped");
+        Ok(())
+    }
+
+    fn status_line(&self) -> String {
+        let open = self.engine.open_incidents().count();
+        format!(
+            "watching {} units; {} open incident{}; {} runbook{} running{}{}",
+            self.watched_units,
+            open,
+            if open == 1 { "" } else { "s" },
+            self.in_flight.len(),
+            if self.in_flight.len() == 1 { "" } else { "s" },
+            if self.config.agent.dry_run { "; dry run" } else { "" },
+            if self.bus_connected { "" } else { "; system bus lost" },
+        )
+    }
+
+    async fn write_status(&self, state: &str) {
+        let pairs = vec![
+            ("state", state.to_string()),
+            ("pid", std::process::id().to_string()),
+            ("version", VERSION.to_string()),
+            ("started_at", self.started_at.to_rfc3339()),
+            ("heartbeat_at", Utc::now().to_rfc3339()),
+            ("dry_run", self.config.agent.dry_run.to_string()),
+            ("watched_units", self.watched_units.to_string()),
+            ("bus", if self.bus_connected { "connected" } else { "disconnected" }.to_string()),
+            ("config", self.config_source.clone()),
+            ("hostname", self.config.hostname()),
+            ("runbooks_in_flight", self.in_flight.len().to_string()),
+            ("summary", self.status_line()),
+        ];
+        if let Err(e) = self.db(move |s| s.set_status(&pairs)).await {
+            tracing::warn!(error = %e, "cannot write the agent status");
+        }
+    }
+
+    fn new_incident_id() -> String {
+        format!("INC-{}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn on_unit(&mut self, obs: UnitObservation) -> anyhow::Result<()> {
+        let Some(rule) = self.config.unit_rule(&obs.unit).cloned() else {
+            return Ok(());
+        };
+        self.last_obs.insert(obs.unit.clone(), obs.clone());
+        let mut cond = unit_failed(&obs, rule.expect_active);
+        // Changes our own runbook causes are not flapping.
+        cond.induced = self.in_flight.contains_key(&obs.unit);
+        let mut transitions = self.engine.observe(cond, &mut Self::new_incident_id);
+        let crash = self.crash_loops.observe(
+            &obs,
+            *self.config.incidents.crash_loop_restarts.get_ref(),
+            self.config.incidents.crash_loop_window,
+        );
+        transitions.extend(self.engine.observe(crash, &mut Self::new_incident_id));
+        for t in transitions {
+            self.record_transition(t, obs.state_change).await?;
+        }
+        Ok(())
+    }
+
+    async fn record_transition(
+        &mut self,
+        t: IncidentTransition,
+        detected_at: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let span = tracing::info_span!("incident", incident_id = %t.incident_id, unit = %t.target);
+        let r = t.clone();
+        self.db(move |s| s.apply_transition(&r, detected_at)).await?;
+        span.in_scope(|| {
+            tracing::info!(
+                check = %t.check,
+                from = t.from.map(|f| f.as_str()).unwrap_or("none"),
+                to = t.to.as_str(),
+                "incident {} {}: {}",
+                t.incident_id,
+                t.to.as_str(),
+                t.reason
+            )
+        });
+        if t.to == IncidentState::Resolved {
+            self.deferred.remove(&t.incident_id);
+            self.pending_decisions.remove(&t.incident_id);
+            self.suppressed_noted.remove(&t.incident_id);
+        }
+        if t.from.is_none() && t.check == CHECK_CRASH_LOOP {
+            // systemd is already restarting it; another restart would not help.
+            if let Some(e) = self.engine.escalate(
+                &t.incident_id,
+                t.at,
+                "crash loop under systemd's own Restart=: no runbook applies, a person must look",
+            ) {
+                Box::pin(self.record_transition(e, None)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> anyhow::Result<()> {
+        let now = Utc::now();
+        for t in self.engine.tick(now) {
+            self.record_transition(t, None).await?;
+        }
+        let conds = self.crash_loops.tick(
+            now,
+            *self.config.incidents.crash_loop_restarts.get_ref(),
+            self.config.incidents.crash_loop_window,
+            &self.last_obs,
+        );
+        for c in conds {
+            for t in self.engine.observe(c, &mut Self::new_incident_id) {
+                self.record_transition(t, None).await?;
+            }
+        }
+        let open: Vec<String> = self
+            .engine
+            .open_incidents()
+            .filter(|i| i.check == CHECK_UNIT_FAILED)
+            .map(|i| i.id.clone())
+            .collect();
+        for id in open {
+            self.consider(&id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides whether an open incident gets a runbook run now.
+    async fn consider(&mut self, incident_id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let Some(inc) = self.engine.find(incident_id).cloned() else {
+            return Ok(());
+        };
+        let remediate = self
+            .config
+            .unit_rule(&inc.target)
+            .is_some_and(|r| r.remediate);
+        if !remediate
+            || self.in_flight.contains_key(&inc.target)
+            || !self.engine.is_failing(&inc.check, &inc.target)
+        {
+            return Ok(());
+        }
+        let span = tracing::info_span!("incident", incident_id = %inc.id, unit = %inc.target,
+            runbook = service_restart::RUNBOOK_ID);
+        match inc.state {
+            IncidentState::Firing => {}
+            IncidentState::Flapping => {
+                let detail = serde_json::json!({"reason": "the unit is flapping; remediation is suppressed"});
+                return self.note_suppressed(&inc.id, &inc.target, now, detail).instrument(span).await;
+            }
+            IncidentState::NeedsHuman | IncidentState::Resolved => return Ok(()),
+        }
+        let silences = self.db(move |s| s.active_silences(now)).await?;
+        if let Some(s) = limits::active_silence(&silences, &inc.target, now) {
+            let detail = serde_json::json!({
+                "reason": "silenced", "silence_id": s.id, "silence_target": s.target,
+                "until": s.until, "silence_reason": s.reason,
+            });
+            return self.note_suppressed(&inc.id, &inc.target, now, detail).instrument(span).await;
+        }
+        if self.deferred.get(&inc.id).is_some_and(|until| *until > now) {
+            return Ok(());
+        }
+        let sr = &self.config.runbooks.service_restart;
+        let lim = Limits {
+            max_runs: *sr.max_runs.get_ref(),
+            window: sr.window,
+            min_interval: sr.min_interval,
+            global_per_hour: *self.config.limits.global_per_hour.get_ref(),
+        };
+        let (target, since) = (inc.target.clone(), now - chrono_dur(sr.window));
+        let hour_ago = now - chrono::Duration::hours(1);
+        let history = self
+            .db(move |s| {
+                Ok(History {
+                    target_starts: s.run_starts(service_restart::RUNBOOK_ID, &target, since)?,
+                    global_last_hour: s.runs_since(hour_ago)?,
+                })
+            })
+            .await?;
+        let (verdict, decision) = limits::decide(&lim, &history, service_restart::RUNBOOK_ID, &inc.target, now);
+        let _enter = span.enter();
+        tracing::info!(
+            allowed = decision.allowed,
+            rule = %decision.rule,
+            runs_in_window = decision.runs_in_window,
+            "rate limit decision for {}: {}",
+            inc.target,
+            decision.rule
+        );
+        drop(_enter);
+        let mut decisions = self.pending_decisions.remove(&inc.id).unwrap_or_default();
+        decisions.push(decision.clone());
+        match verdict {
+            Verdict::Allow => {
+                self.deferred.remove(&inc.id);
+                self.start_run(&inc.id, &inc.target, now, decisions, span).await?;
+            }
+            Verdict::Defer(until) => {
+                self.deferred.insert(inc.id.clone(), until);
+                self.pending_decisions.insert(inc.id.clone(), decisions);
+            }
+            Verdict::Escalate => {
+                let run = RunbookRun {
+                    run_id: uuid::Uuid::now_v7().to_string(),
+                    incident_id: inc.id.clone(),
+                    runbook: service_restart::RUNBOOK_ID.into(),
+                    target: inc.target.clone(),
+                    dry_run: self.config.agent.dry_run,
+                    started_at: now,
+                    finished_at: Some(now),
+                    outcome: RunOutcome::RateLimited,
+                    steps: vec![],
+                    rate_limit: decisions,
+                };
+                self.db(move |s| s.finish_run(&run)).await?;
+                let reason = format!(
+                    "rate limit `{}` refused {} on {} ({} runs in {}s, global {} of {} per hour): a person must look",
+                    decision.rule, service_restart::RUNBOOK_ID, inc.target,
+                    decision.runs_in_window, decision.window_secs,
+                    decision.global_runs_last_hour, decision.global_budget
+                );
+                span.in_scope(|| tracing::warn!("{reason}"));
+                if let Some(t) = self.engine.escalate(&inc.id, now, &reason) {
+                    self.record_transition(t, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records once per incident that remediation was held back, and why.
+    async fn note_suppressed(
+        &mut self,
+        incident_id: &str,
+        target: &str,
+        now: DateTime<Utc>,
+        detail: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        if !self.suppressed_noted.insert(incident_id.to_string()) {
+            return Ok(());
+        }
+        tracing::warn!(detail = %detail, "remediation of {target} suppressed");
+        let run = RunbookRun {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            incident_id: incident_id.to_string(),
+            runbook: service_restart::RUNBOOK_ID.into(),
+            target: target.to_string(),
+            dry_run: self.config.agent.dry_run,
+            started_at: now,
+            finished_at: Some(now),
+            outcome: RunOutcome::Suppressed,
+            steps: vec![StepRecord {
+                name: "check_suppression".into(),
+                started_at: now,
+                duration_ms: 0,
+                result: "skipped".into(),
+                detail,
+            }],
+            rate_limit: vec![],
+        };
+        self.db(move |s| s.finish_run(&run)).await?;
+        Ok(())
+    }
+
+    async fn start_run(
+        &mut self,
+        incident_id: &str,
+        target: &str,
+        now: DateTime<Utc>,
+        decisions: Vec<RateLimitDecision>,
+        span: tracing::Span,
+    ) -> anyhow::Result<()> {
+        let run = RunbookRun {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            incident_id: incident_id.to_string(),
+            runbook: service_restart::RUNBOOK_ID.into(),
+            target: target.to_string(),
+            dry_run: self.config.agent.dry_run,
+            started_at: now,
+            finished_at: None,
+            outcome: RunOutcome::Interrupted,
+            steps: vec![],
+            rate_limit: decisions,
+        };
+        // Written before the first step: a crash from here on is visible and counted.
+        let r = run.clone();
+        self.db(move |s| s.begin_run(&r)).await?;
+        span.in_scope(|| tracing::info!(run_id = %run.run_id, dry_run = run.dry_run,
+            "starting {} on {}", run.runbook, run.target));
+        let cancel = CancellationToken::new();
+        let params = service_restart::Params {
+            job_timeout: self.config.runbooks.service_restart.job_timeout,
+            settle: self.config.runbooks.service_restart.settle,
+            dry_run: self.config.agent.dry_run,
+        };
+        let tx = self.run_tx.clone();
+        let mut task_run = run.clone();
+        let task_cancel = cancel.clone();
+        tokio::spawn(
+            async move {
+                let (outcome, steps) = service_restart::run(&task_run.target, &params, &task_cancel).await;
+                task_run.outcome = outcome;
+                task_run.steps = steps;
+                task_run.finished_at = Some(Utc::now());
+                let _ = tx.send(task_run).await;
+            }
+            .instrument(span),
+        );
+        self.in_flight.insert(target.to_string(), InFlight { run, cancel });
+        Ok(())
+    }
+
+    async fn on_run_done(&mut self, run: RunbookRun) -> anyhow::Result<()> {
+        self.in_flight.remove(&run.target);
+        let r = run.clone();
+        self.db(move |s| s.finish_run(&r)).await?;
+        let span = tracing::info_span!("incident", incident_id = %run.incident_id, unit = %run.target,
+            runbook = %run.runbook);
+        let _e = span.enter();
+        let took = run
+            .finished_at
+            .map(|f| (f - run.started_at).num_milliseconds())
+            .unwrap_or(0);
+        match run.outcome {
+            RunOutcome::Success => tracing::info!(run_id = %run.run_id, duration_ms = took,
+                "{} on {} succeeded: the unit stayed active", run.runbook, run.target),
+            RunOutcome::DryRun => tracing::info!(run_id = %run.run_id,
+                "dry run: {} on {} would have run", run.runbook, run.target),
+            other => tracing::warn!(run_id = %run.run_id, duration_ms = took, outcome = other.as_str(),
+                steps = %serde_json::to_string(&run.steps).unwrap_or_default(),
+                "{} on {} ended {}", run.runbook, run.target, other.as_str()),
+        }
+        Ok(())
+    }
+}
+
+/// The state directory to use for a CLI command.
+pub fn state_db(config: &Config) -> PathBuf {
+    config.db_path()
+}
