@@ -1,0 +1,32 @@
+"""System-test scenarios shared by the nspawn bench and the NixOS VM tests.
+
+Each scenario is a plain function taking `machine` and using only the NixOS test
+driver's vocabulary (succeed, fail, execute, wait_until_succeeds, wait_for_unit,
+get_unit_info), so the same code runs in a container on a Debian host
+(tests/bench/run-scenarios.py) and in a NixOS VM (vm-tests/).
+
+What a machine must provide before a scenario runs:
+  * the agent installed as msp-agent.service, reading /etc/msp-agent/config.toml, with
+    `msp-agent` on PATH and the polkit rule for units matching `demo*.service`;
+  * demo.service (long-running, Restart=no), demo-crashloop.service (fails about 0.5 s
+    after each start, Restart=no) and unwatched.service (long-running, not matched by
+    the config), all with StartLimitIntervalSec=0; see tests/bench/units/;
+  * sqlite3, journalctl, busctl, setpriv.
+Each scenario resets the agent's state and config itself, so they run in any order.
+"""
+
+from .config_typo import scenario_config_typo_refused
+from .crash_loop import scenario_crash_loop_escalates
+from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
+from .polkit_rule import scenario_polkit_rule_scopes_restarts
+from .service_restart import scenario_service_restart
+
+ALL = [
+    scenario_service_restart,
+    scenario_crash_loop_escalates,
+    scenario_crash_loop_survives_agent_restart,
+    scenario_config_typo_refused,
+    scenario_polkit_rule_scopes_restarts,
+]
+
+__all__ = [f.__name__ for f in ALL] + ["ALL"]

@@ -1,0 +1,51 @@
+"""A typo in the config is refused with the file, the line and the key, both by
+check-config and by the service, which does not come up on it."""
+
+from __future__ import annotations
+
+import re
+
+from .common import AGENT, CONFIG_PATH, config, journal_cursor, reset, wait_until, write_config
+
+TYPO = "remediat"
+
+
+def typo_config() -> tuple[str, int]:
+    """The scenario config with `remediate` misspelt; returns it and the typo's line."""
+    text = config().replace("remediate = true", f"{TYPO} = true", 1)
+    line = next(n for n, l in enumerate(text.splitlines(), 1) if l.startswith(f"{TYPO} "))
+    return text, line
+
+
+def names_line(message: str, line: int) -> bool:
+    return re.search(rf"(line {line}\b|:{line}:)", message) is not None
+
+
+def scenario_config_typo_refused(machine) -> None:
+    reset(machine)
+    machine.succeed(f"systemctl stop {AGENT}")
+    text, line = typo_config()
+    write_config(machine, text)
+
+    status, out = machine.execute(f"msp-agent check-config {CONFIG_PATH} 2>&1")
+    assert status != 0, f"check-config accepted `{TYPO}`:\n{out}"
+    assert TYPO in out, f"check-config does not name the key `{TYPO}`:\n{out}"
+    assert CONFIG_PATH in out or "config.toml" in out, f"check-config does not name the file:\n{out}"
+    assert names_line(out, line), f"check-config does not name line {line}:\n{out}"
+
+    cursor = journal_cursor(machine)
+    status, out = machine.execute(f"timeout 60 systemctl start {AGENT} 2>&1")
+    assert status != 0, f"the agent started with `{TYPO}` in its config"
+
+    def settled():
+        state = machine.get_unit_info(AGENT)["ActiveState"]
+        return state if state in ("failed", "inactive") else None
+
+    # With Restart=on-failure the unit may try again, but it must never become active.
+    wait_until(settled, 30, f"{AGENT} to give up")
+    logged = machine.succeed(
+        f"journalctl -q --no-pager -o cat --after-cursor='{cursor}' -u {AGENT}")
+    assert TYPO in logged, f"the journal of {AGENT} does not name `{TYPO}`:\n{logged}"
+
+    # Leave a working agent behind.
+    reset(machine)
