@@ -146,6 +146,7 @@ impl Daemon {
                         }
                         self.write_status("running").await;
                     }
+                    Some(WatchEvent::Tracking { units }) => self.watched_units = units,
                     Some(WatchEvent::Disconnected { error }) => {
                         self.bus_connected = false;
                         notify::status(&format!("system bus lost ({error}); reconnecting"));

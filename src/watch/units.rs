@@ -27,6 +27,8 @@ pub enum WatchEvent {
     Unit(UnitObservation),
     /// Connected and the initial state was read: `units` are tracked.
     Connected { units: usize },
+    /// The number of tracked units changed (a matching unit was loaded).
+    Tracking { units: usize },
     /// The bus went away; changes in between may be missed until the re-read.
     Disconnected { error: String },
 }
@@ -176,6 +178,7 @@ impl UnitWatcher {
                     let (name, path) = (args.id().to_string(), args.unit().clone());
                     if self.matches(&name) && !tracked.contains_key(&path) {
                         self.track(&conn, &mut tracked, &name, path).await;
+                        let _ = self.tx.send(WatchEvent::Tracking { units: tracked.len() }).await;
                     }
                 }
                 _ = reconcile.tick() => {
