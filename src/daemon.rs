@@ -324,6 +324,11 @@ impl Daemon {
                 self.record_transition(t, None).await?;
             }
         }
+        // Decide nothing before the initial state is read (after a start or a
+        // reconnect): a restored incident may already be fixed.
+        if !self.bus_connected {
+            return Ok(());
+        }
         let open: Vec<String> = self
             .engine
             .open_incidents()

@@ -332,6 +332,12 @@ class Machine:
         env = [f"{k}={v}" for k, v in INSIDE_ENV.items()]
         return ["nsenter", "-t", str(self.init_pid), "-a", "/usr/bin/env", "-i", *env, *argv]
 
+    def interactive_argv(self, argv: Sequence[str]) -> list[str]:
+        """An nsenter command line for a program that uses the caller's terminal."""
+        cmd = self._nsenter(argv)
+        term = os.environ.get("TERM", "dumb")
+        return [a if a != "TERM=dumb" else f"TERM={term}" for a in cmd]
+
     def run(self, command: str, timeout: Optional[float] = 900, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
         """Run `bash -c command` inside; returns the CompletedProcess (bytes)."""
         return subprocess.run(

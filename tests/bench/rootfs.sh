@@ -39,6 +39,18 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+# What the host needs to build and boot the bench, installed on a fresh machine.
+missing=()
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v nsenter >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+fi
+
 mkdir -p "$CACHE"
 # One builder at a time: the lab and the bench may be started together.
 exec 9>"$CACHE/.lock"
@@ -49,10 +61,6 @@ if [ -f "$ROOT/.complete" ]; then
     exit 0
 fi
 
-if ! command -v debootstrap >/dev/null; then
-    log "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
-fi
 
 tmp=$(mktemp -d "$CACHE/.build-$hash.XXXXXX")
 # mktemp makes the directory 0700; as the container's / it must be readable by all.
