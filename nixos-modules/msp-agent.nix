@@ -1,0 +1,610 @@
+# services.msp-agent: the host agent that heals routine failures (a crashed
+# unit, a full disk, a failed backup) within rate limits and proves it with
+# signed evidence.
+#
+# What this module owns: the static service user, the config file rendered from
+# `settings` (RFC 42), the secrets (handed over as systemd credentials, never
+# written to the Nix store), the polkit rule that lets the agent's user start or
+# restart exactly the units its configuration names, the root helper units for
+# the privileged runbook steps, and the sandbox (./unit.nix, shared with the
+# plain unit file in dist/systemd/). It discovers services.restic.backups on its
+# own. docs/nixos.md is the guide; docs/config.md the file format.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    optional
+    optionalAttrs
+    types
+    ;
+
+  cfg = config.services.msp-agent;
+  helpers = import ./lib.nix { inherit lib; };
+  unit = import ./unit.nix;
+  settingsFormat = pkgs.formats.toml { };
+
+  user = unit.service.User;
+  unitName = "msp-agent.service";
+  configPath = "/etc/msp-agent/config.toml";
+  # systemd places LoadCredential= files here ($CREDENTIALS_DIRECTORY).
+  credentialsDir = "/run/credentials/${unitName}";
+  freeDiskUnit = "msp-agent-free-disk.service";
+  backupUnit = name: "restic-backups-${name}.service";
+  unlockUnitBase = name: "msp-agent-restic-unlock-${name}";
+
+  # A file that must stay out of the world-readable store: an absolute path as a
+  # string (a path literal such as ./key would be copied into the store).
+  secretFile = types.nullOr (
+    types.pathWith {
+      inStore = false;
+      absolute = true;
+    }
+  );
+
+  # TOML has no null: an unset option is left out of the file, and so is a
+  # table left empty by that.
+  stripNulls =
+    v:
+    if builtins.isAttrs v then
+      lib.filterAttrs (_: x: x != { }) (lib.mapAttrs (_: stripNulls) (lib.filterAttrs (_: x: x != null) v))
+    else if builtins.isList v then
+      map stripNulls (lib.filter (x: x != null) v)
+    else
+      v;
+
+  listen =
+    if lib.hasInfix ":" cfg.listenAddress then
+      "[${cfg.listenAddress}]:${toString cfg.port}"
+    else
+      "${cfg.listenAddress}:${toString cfg.port}";
+  isLoopback =
+    cfg.listenAddress == "localhost"
+    || cfg.listenAddress == "::1"
+    || lib.hasPrefix "127." cfg.listenAddress;
+
+  # services.restic.backups.<name>: the unit names have not changed between
+  # releases; the option names have (repository/passwordFile moved into
+  # settings.RESTIC_* after 25.05), so both spellings are read.
+  resticBackups = if cfg.backups.restic.discover then config.services.restic.backups else { };
+  firstSet = xs: lib.findFirst (x: x != null && x != "") null xs;
+  resticEnvironment =
+    b:
+    lib.filterAttrs (_: v: v != null && v != "") (
+      (lib.mapAttrs (_: v: if v == null then null else toString v) (b.settings or { }))
+      // {
+        RESTIC_REPOSITORY = firstSet [
+          (b.settings.RESTIC_REPOSITORY or null)
+          (b.repository or null)
+        ];
+        RESTIC_REPOSITORY_FILE = firstSet [
+          (b.settings.RESTIC_REPOSITORY_FILE or null)
+          (b.repositoryFile or null)
+        ];
+        RESTIC_PASSWORD_FILE = firstSet [
+          (b.settings.RESTIC_PASSWORD_FILE or null)
+          (b.passwordFile or null)
+        ];
+      }
+    );
+
+  userBackups = cfg.settings.backups or [ ];
+  userBackupNames = map (b: b.name or null) userBackups;
+  discoveredBackups = map (name: {
+    inherit name;
+    unit = backupUnit name;
+    max_age = cfg.backups.restic.maxAge;
+    remediate = cfg.backups.restic.remediate;
+  }
+  // optionalAttrs cfg.backups.restic.unlockStale {
+    unlock_unit = "${unlockUnitBase name}.service";
+  }) (lib.filter (n: !(lib.elem n userBackupNames)) (lib.attrNames resticBackups));
+  allBackups = discoveredBackups ++ userBackups;
+
+  # What the module adds to the user's settings; the user's own keys win where
+  # they overlap, except the ones the module owns (asserted below).
+  derivedSettings = lib.foldl' lib.recursiveUpdate { } [
+    { metrics.listen = listen; }
+    (optionalAttrs (allBackups != [ ]) { backups = allBackups; })
+    (optionalAttrs cfg.runbooks.freeDisk.enable { runbooks.free_disk.helper_unit = freeDiskUnit; })
+    (optionalAttrs (cfg.evidence.signingKeyFile != null) {
+      evidence.key_file = "${credentialsDir}/signing-key";
+    })
+    (optionalAttrs (cfg.evidence.s3.credentialsFile != null) {
+      evidence.s3.credentials_file = "${credentialsDir}/s3-credentials";
+    })
+  ];
+  renderedSettings = stripNulls (lib.recursiveUpdate cfg.settings derivedSettings);
+
+  generatedConfig = settingsFormat.generate "msp-agent.toml" renderedSettings;
+  configFile =
+    if cfg.checkConfig then
+      pkgs.runCommand "msp-agent-checked.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+        msp-agent check-config ${generatedConfig}
+        cp ${generatedConfig} $out
+      ''
+    else
+      generatedConfig;
+
+  # Units the agent may start or restart through polkit.
+  watchUnits = cfg.settings.watch.units;
+  remediated = lib.filter (u: u.remediate) watchUnits;
+  polkitNames = lib.unique (
+    map (u: u.pattern) (lib.filter (u: !helpers.isGlob u.pattern) remediated)
+    ++ map (b: b.unit or (backupUnit b.name)) (lib.filter (b: b.remediate or false) allBackups)
+    ++ map (b: b.unlock_unit) (lib.filter (b: b ? unlock_unit) allBackups)
+    ++ optional cfg.runbooks.freeDisk.enable freeDiskUnit
+  );
+  polkitPatterns = lib.unique (map (u: u.pattern) (lib.filter (u: helpers.isGlob u.pattern) remediated));
+
+  stateDir = cfg.settings.agent.state_dir;
+  stateDirName = lib.removePrefix "/var/lib/" stateDir;
+
+  watchUnitType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      pattern = mkOption {
+        type = types.str;
+        example = "demo*.service";
+        description = "Unit name or glob pattern (`*`, `?`, `[...]`). The first matching entry wins.";
+      };
+      remediate = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Restart the unit when it fails (runbook RB-SERVICE-001). The module
+          adds the unit, or the pattern, to the polkit rule.
+        '';
+      };
+      expect_active = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Also open an incident when the unit is inactive without having failed.";
+      };
+    };
+  };
+
+  s3Type = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      bucket = mkOption {
+        type = types.str;
+        description = "Bucket with Object Lock enabled; the agent checks this at start.";
+      };
+      prefix = mkOption {
+        type = types.str;
+        default = "";
+        example = "clinic-01/";
+        description = "Key prefix of this host's bundles.";
+      };
+      endpoint = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://minio.internal:9000";
+        description = "S3 endpoint URL; null for AWS.";
+      };
+      region = mkOption {
+        type = types.str;
+        default = "us-east-1";
+        description = "Region of the bucket.";
+      };
+      path_style = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Path-style addressing, as MinIO and Ceph usually need.";
+      };
+      retention_days = mkOption {
+        type = types.ints.positive;
+        default = 2190;
+        description = "COMPLIANCE retention of each bundle, in days (default six years).";
+      };
+    };
+  };
+in
+{
+  options.services.msp-agent = {
+    enable = mkEnableOption "msp-agent, the host agent that heals routine failures and proves it with signed evidence";
+
+    package = mkPackageOption pkgs "msp-agent" { };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        Configuration of the agent, rendered to TOML (see docs/config.md for
+        every key). Keys not declared here are passed through as written.
+        Secrets do not belong here: use
+        {option}`services.msp-agent.evidence.signingKeyFile` and
+        {option}`services.msp-agent.evidence.s3.credentialsFile`.
+      '';
+      example = literalExpression ''
+        {
+          watch.units = [
+            { pattern = "nginx.service"; remediate = true; expect_active = true; }
+            { pattern = "*"; }
+          ];
+          evidence.s3 = {
+            bucket = "msp-evidence";
+            prefix = "clinic-01/";
+            endpoint = "https://s3.eu-central-1.amazonaws.com";
+            region = "eu-central-1";
+          };
+        }
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          agent = mkOption {
+            default = { };
+            description = "The `[agent]` table.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                state_dir = mkOption {
+                  type = types.str;
+                  default = "/var/lib/msp-agent";
+                  description = ''
+                    SQLite history, rate-limit memory, evidence spool and, unless
+                    a signing key is given, the generated key. Must be below
+                    /var/lib: it becomes the unit's StateDirectory=.
+                  '';
+                };
+                dry_run = mkOption {
+                  type = types.bool;
+                  default = false;
+                  description = "Record what would be done, do nothing.";
+                };
+                hostname = mkOption {
+                  type = types.nullOr types.str;
+                  default = null;
+                  description = "Host name in evidence and metrics; null for the kernel's.";
+                };
+              };
+            };
+          };
+          watch = mkOption {
+            default = { };
+            description = "The `[watch]` table.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options.units = mkOption {
+                type = types.listOf watchUnitType;
+                # The agent's embedded default: every unit, remediate nothing.
+                default = [ { pattern = "*"; } ];
+                defaultText = literalExpression ''[ { pattern = "*"; } ]'';
+                description = ''
+                  Watched units, names or glob patterns; the first match wins.
+                  Setting this replaces the default, so end the list with
+                  `{ pattern = "*"; }` to keep watching every other unit.
+                '';
+              };
+            };
+          };
+          evidence = mkOption {
+            default = { };
+            description = "The `[evidence]` table.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options = {
+                key_file = mkOption {
+                  type = types.nullOr types.str;
+                  default = null;
+                  description = ''
+                    Set by the module when
+                    {option}`services.msp-agent.evidence.signingKeyFile` is
+                    given; leave it unset here.
+                  '';
+                };
+                s3 = mkOption {
+                  type = types.nullOr s3Type;
+                  default = null;
+                  description = "Where bundles go after the local spool; null keeps them local.";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Check the rendered file with `msp-agent check-config` when the system
+        is built, so a wrong key fails the build, not the service.
+      '';
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address of the Prometheus metrics endpoint.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 9850;
+      description = "Port of the Prometheus metrics endpoint.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open {option}`services.msp-agent.port` in the firewall, for a Prometheus on another host.";
+    };
+
+    evidence = {
+      signingKeyFile = mkOption {
+        type = secretFile;
+        default = null;
+        example = "/run/keys/msp-agent-signing-key";
+        description = ''
+          Ed25519 signing key (OpenSSH private key format), read by systemd and
+          handed to the agent as the credential `signing-key`. Null: the agent
+          generates a key in its state directory on first start
+          (`msp-agent pubkey` prints the public half).
+        '';
+      };
+      s3.credentialsFile = mkOption {
+        type = secretFile;
+        default = null;
+        example = "/run/keys/msp-agent-s3";
+        description = ''
+          AWS-style credentials file (`aws_access_key_id`,
+          `aws_secret_access_key`) for the evidence bucket, handed to the agent
+          as the credential `s3-credentials`.
+        '';
+      };
+    };
+
+    backups.restic = {
+      discover = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Watch every backup of {option}`services.restic.backups`.";
+      };
+      maxAge = mkOption {
+        type = types.str;
+        default = "26h";
+        description = "Allowed age of the newest successful backup (the RPO) of each discovered backup.";
+      };
+      remediate = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Let the agent re-run a failed backup (RB-BACKUP-001): its unit joins the polkit rule.";
+      };
+      unlockStale = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Define `msp-agent-restic-unlock-<name>.service` for each discovered
+          backup (runs `restic unlock` as the backup's user) and let the agent
+          start it before a re-run.
+        '';
+      };
+    };
+
+    runbooks.freeDisk = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Define ${freeDiskUnit}, the root oneshot that RB-DISK-001 starts:
+          journal vacuum, `systemd-tmpfiles --clean`, Nix garbage collection and
+          the extra paths below, each step best-effort; the agent then measures
+          whether usage fell below the threshold.
+        '';
+      };
+      journalMaxSize = mkOption {
+        type = types.str;
+        default = "500M";
+        description = "`journalctl --vacuum-size=` target.";
+      };
+      nixGcOlderThan = mkOption {
+        type = types.nullOr types.str;
+        default = "14d";
+        description = "`nix-collect-garbage --delete-older-than` argument; null skips the step.";
+      };
+      extraPaths = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/var/cache/app" ];
+        description = "Directories whose contents are disposable; their contents are deleted.";
+      };
+    };
+
+    grafana = {
+      provisionDashboard = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Provision the project's Grafana dashboard into {option}`services.grafana`.";
+      };
+      dashboardPath = mkOption {
+        type = types.path;
+        default = "${cfg.package}/share/msp-agent/grafana";
+        defaultText = literalExpression ''"''${config.services.msp-agent.package}/share/msp-agent/grafana"'';
+        description = "Directory of dashboard JSON files given to Grafana's file provider.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = lib.hasPrefix "/var/lib/" stateDir && stateDirName != "";
+        message = ''services.msp-agent.settings.agent.state_dir = "${stateDir}": it must be below /var/lib/, because the sandbox (ProtectSystem=strict) only lets the agent write its StateDirectory=.'';
+      }
+      {
+        assertion = cfg.settings.evidence.key_file == null || cfg.evidence.signingKeyFile == null;
+        message = "services.msp-agent: both settings.evidence.key_file and evidence.signingKeyFile are set; keep evidence.signingKeyFile, which hands the key over as a systemd credential.";
+      }
+      {
+        assertion =
+          cfg.settings.evidence.s3 == null
+          || (cfg.settings.evidence.s3.credentials_file or null) == null
+          || cfg.evidence.s3.credentialsFile == null;
+        message = "services.msp-agent: both settings.evidence.s3.credentials_file and evidence.s3.credentialsFile are set; keep evidence.s3.credentialsFile, which hands the file over as a systemd credential.";
+      }
+      {
+        assertion = cfg.evidence.s3.credentialsFile == null || cfg.settings.evidence.s3 != null;
+        message = "services.msp-agent.evidence.s3.credentialsFile is set but settings.evidence.s3 (the bucket) is not; set the bucket or drop the credentials.";
+      }
+      {
+        assertion = !(cfg.settings ? metrics && cfg.settings.metrics ? listen);
+        message = "services.msp-agent.settings.metrics.listen is set by the module; use services.msp-agent.listenAddress and .port, which the firewall option follows.";
+      }
+      {
+        assertion = !(cfg.openFirewall && isLoopback);
+        message = "services.msp-agent.openFirewall = true, but listenAddress = \"${cfg.listenAddress}\" is a loopback address: nothing outside this host could reach it. Set listenAddress (for example \"0.0.0.0\") or leave the firewall closed.";
+      }
+      {
+        assertion = !cfg.grafana.provisionDashboard || config.services.grafana.enable;
+        message = "services.msp-agent.grafana.provisionDashboard = true needs services.grafana.enable = true on this host.";
+      }
+      {
+        assertion = config.security.polkit.enable;
+        message = "services.msp-agent remediates through polkit: security.polkit.enable must stay true (set settings.agent.dry_run = true to run without remediation).";
+      }
+    ]
+    ++ lib.concatMap (
+      u:
+      let
+        bad = helpers.invalidChars u.pattern;
+        reached = helpers.protectedMatches u.pattern;
+      in
+      [
+        {
+          assertion = bad == [ ];
+          message = "services.msp-agent.settings.watch.units: pattern \"${u.pattern}\" contains ${lib.concatMapStringsSep ", " (c: "\"${c}\"") bad}, which no unit name can contain.";
+        }
+        {
+          assertion = !(u.remediate && reached != [ ]);
+          message = "services.msp-agent.settings.watch.units: pattern \"${u.pattern}\" has remediate = true and would let the agent restart ${lib.concatStringsSep ", " reached}; use a narrower pattern, or name such a unit explicitly.";
+        }
+        {
+          assertion = !(u.remediate && u.pattern == unitName);
+          message = "services.msp-agent.settings.watch.units: the agent cannot remediate its own unit (${unitName}); systemd restarts it (Restart=on-failure, WatchdogSec=).";
+        }
+      ]
+    ) watchUnits;
+
+    warnings =
+      optional (cfg.settings.evidence.s3 != null && cfg.evidence.s3.credentialsFile == null
+        && (cfg.settings.evidence.s3.credentials_file or null) == null
+      ) "services.msp-agent: settings.evidence.s3 is set without evidence.s3.credentialsFile; the agent falls back to the AWS default credential chain (instance role).";
+
+    users.users.${user} = {
+      isSystemUser = true;
+      group = unit.service.Group;
+      description = "msp-agent host agent";
+    };
+    users.groups.${unit.service.Group} = { };
+
+    environment.systemPackages = [ cfg.package ];
+    # The CLI (msp-agent status, incidents, verify) reads the same file.
+    environment.etc."msp-agent/config.toml".source = configFile;
+
+    security.polkit.enable = lib.mkDefault true;
+    security.polkit.extraConfig = helpers.polkitRule {
+      inherit user;
+      names = polkitNames;
+      patterns = polkitPatterns;
+    };
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
+
+    systemd.services = {
+      msp-agent = {
+        description = "msp-agent: heals routine failures and records signed evidence";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        # journalctl for following the journal.
+        path = [ config.systemd.package ];
+        # The agent reads /etc/msp-agent/config.toml, like the CLI and like the
+        # unit of other distributions; a new file restarts it.
+        restartTriggers = [ configFile ];
+        serviceConfig =
+          unit.service
+          // unit.sandbox
+          // {
+            # Refuses a hand-edited file with its line and key before starting.
+            ExecStartPre = "${cfg.package}/bin/msp-agent check-config ${configPath}";
+            ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
+            StateDirectory = stateDirName;
+            LoadCredential =
+              optional (cfg.evidence.signingKeyFile != null) "signing-key:${cfg.evidence.signingKeyFile}"
+              ++ optional (
+                cfg.evidence.s3.credentialsFile != null
+              ) "s3-credentials:${cfg.evidence.s3.credentialsFile}";
+          };
+      };
+    }
+    // optionalAttrs cfg.runbooks.freeDisk.enable {
+      msp-agent-free-disk = {
+        description = "msp-agent RB-DISK-001: free disk space";
+        # Started by the agent through polkit, never at boot. Root on purpose:
+        # vacuuming the journal and collecting Nix garbage are privileged. '-'
+        # makes each step best-effort; success is the agent's measurement.
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart =
+            [
+              "-${config.systemd.package}/bin/journalctl --vacuum-size=${cfg.runbooks.freeDisk.journalMaxSize}"
+              "-${config.systemd.package}/bin/systemd-tmpfiles --clean"
+            ]
+            ++ optional (
+              cfg.runbooks.freeDisk.nixGcOlderThan != null && config.nix.enable
+            ) "-${config.nix.package.out}/bin/nix-collect-garbage --delete-older-than ${cfg.runbooks.freeDisk.nixGcOlderThan}"
+            ++ map (
+              p: "-${pkgs.findutils}/bin/find ${lib.escapeShellArg p} -xdev -mindepth 1 -delete"
+            ) cfg.runbooks.freeDisk.extraPaths;
+          NoNewPrivileges = true;
+          PrivateNetwork = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          RestrictRealtime = true;
+          LockPersonality = true;
+        };
+      };
+    }
+    // optionalAttrs cfg.backups.restic.unlockStale (
+      lib.mapAttrs' (
+        name: b:
+        lib.nameValuePair (unlockUnitBase name) {
+          description = "msp-agent RB-BACKUP-001: remove stale locks of restic backup ${name}";
+          environment = resticEnvironment b;
+          serviceConfig = {
+            Type = "oneshot";
+            User = b.user or "root";
+            ExecStart = "${b.package or pkgs.restic}/bin/restic unlock";
+            NoNewPrivileges = true;
+            PrivateTmp = true;
+          }
+          // optionalAttrs ((b.environmentFile or null) != null) { EnvironmentFile = b.environmentFile; };
+        }
+      ) resticBackups
+    );
+
+    services.grafana.provision = mkIf cfg.grafana.provisionDashboard {
+      enable = true;
+      dashboards.settings.providers = [
+        {
+          name = "msp-agent";
+          options.path = cfg.grafana.dashboardPath;
+        }
+      ];
+    };
+  };
+}

@@ -1,0 +1,818 @@
+# The msp-agent NixOS module evaluated with nixpkgs' lib.evalModules against
+# the stubs in ./stubs.nix: one case per behaviour, each a configuration and
+# what must come out of it (rendered config file, ExecStart, credentials,
+# polkit rule, sandbox, assertions). tests/nix/check.sh runs this with
+#   nix-instantiate --eval --strict --json tests/nix/module.nix --arg nixpkgsLib PATH
+# and prints one line per result.
+{
+  nixpkgsLib,
+  root ? ../..,
+  # Text of dist/systemd/msp-agent.service, when it exists.
+  distUnit ? null,
+}:
+
+let
+  lib = import (nixpkgsLib + "/lib");
+  stubs = import ./stubs.nix { inherit lib; };
+  unit = import (root + "/nixos-modules/unit.nix");
+  helpers = import (root + "/nixos-modules/lib.nix") { inherit lib; };
+  credentialsDir = "/run/credentials/msp-agent.service";
+
+  eval =
+    settings:
+    (lib.evalModules {
+      modules = [
+        stubs.nixosOptions
+        (root + "/nixos-modules/msp-agent.nix")
+        settings
+      ];
+      specialArgs.pkgs = stubs.pkgs;
+    }).config;
+
+  # The parts of a configuration the module writes, forced completely: a type
+  # error only shows when its value is forced.
+  forced =
+    c:
+    builtins.deepSeq {
+      inherit (c)
+        assertions
+        warnings
+        users
+        environment
+        security
+        networking
+        systemd
+        ;
+      grafana = c.services.grafana;
+    } c;
+
+  enabled = extra: {
+    imports = [ extra ];
+    services.msp-agent = {
+      enable = true;
+      # The checked variant is its own case; here the file is the plain render.
+      checkConfig = lib.mkDefault false;
+    };
+  };
+
+  agentService = c: c.systemd.services.msp-agent.serviceConfig;
+  configText = c: builtins.readFile c.environment.etc."msp-agent/config.toml".source;
+  failedAssertions = c: map (a: a.message) (lib.filter (a: !a.assertion) c.assertions);
+
+  show = v: builtins.toJSON v;
+
+  # One result: the value computed from a configuration against what it must be.
+  check =
+    name: actual: expected:
+    let
+      r = builtins.tryEval (builtins.deepSeq actual actual);
+    in
+    if !r.success then
+      {
+        inherit name;
+        ok = false;
+        detail = "evaluation failed (run the case by hand to see the error)";
+      }
+    else
+      {
+        inherit name;
+        ok = r.value == expected;
+        detail = "expected ${show expected}, got ${show r.value}";
+      };
+
+  # A contradictory setting: evaluation succeeds and exactly one assertion
+  # fails, with a message that names the problem.
+  refused =
+    name: settings: fragment:
+    let
+      r = builtins.tryEval (
+        let
+          m = failedAssertions (forced (eval (enabled settings)));
+        in
+        builtins.deepSeq m m
+      );
+    in
+    {
+      inherit name;
+      ok = r.success && lib.length r.value == 1 && lib.hasInfix fragment (lib.head r.value);
+      detail =
+        if r.success then
+          "expected one failed assertion containing ${show fragment}, got ${show r.value}"
+        else
+          "evaluation failed";
+    };
+
+  # A value the option types must reject at evaluation time.
+  rejected =
+    name: settings:
+    let
+      r = builtins.tryEval (forced (eval (enabled settings)));
+    in
+    {
+      inherit name;
+      ok = !r.success;
+      detail = "expected a type error, but the configuration evaluated";
+    };
+
+  # --- the configurations -------------------------------------------------
+
+  minimal = forced (eval (enabled { }));
+
+  full = forced (
+    eval (enabled {
+      services.msp-agent = {
+        settings = {
+          agent.hostname = "clinic-01";
+          watch.units = [
+            {
+              pattern = "demo*.service";
+              remediate = true;
+            }
+            {
+              pattern = "nginx.service";
+              remediate = true;
+              expect_active = true;
+            }
+            { pattern = "*"; }
+          ];
+          incidents.flap_threshold = 6;
+          evidence.s3 = {
+            bucket = "msp-evidence";
+            prefix = "clinic-01/";
+            endpoint = "http://s3:9000";
+            path_style = true;
+          };
+        };
+        evidence.signingKeyFile = "/run/keys/msp-signing-key";
+        evidence.s3.credentialsFile = "/run/keys/msp-s3";
+        backups.restic.unlockStale = true;
+        listenAddress = "0.0.0.0";
+        openFirewall = true;
+      };
+      # One backup in the 25.11-and-later spelling, one in the older one.
+      services.restic.backups = {
+        local = {
+          user = "root";
+          settings = {
+            RESTIC_REPOSITORY = "/var/backup/local";
+            RESTIC_PASSWORD_FILE = "/run/keys/restic-local";
+            RESTIC_CACHE_DIR = "/var/cache/restic-backups-local";
+            RESTIC_REPOSITORY_FILE = null;
+          };
+        };
+        legacy = {
+          repository = "/var/backup/legacy";
+          passwordFile = "/run/keys/restic-legacy";
+          user = "backup";
+          environmentFile = "/run/keys/restic-legacy.env";
+        };
+      };
+    })
+  );
+
+  disabled = eval { services.msp-agent.enable = false; };
+
+  # --- expected values ----------------------------------------------------
+
+  minimalConfig = ''
+    [agent]
+    dry_run = false
+    state_dir = "/var/lib/msp-agent"
+
+    [metrics]
+    listen = "127.0.0.1:9850"
+
+    [runbooks.free_disk]
+    helper_unit = "msp-agent-free-disk.service"
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "*"
+    remediate = false
+  '';
+
+  fullConfig = ''
+    [agent]
+    dry_run = false
+    hostname = "clinic-01"
+    state_dir = "/var/lib/msp-agent"
+
+    [evidence]
+    key_file = "${credentialsDir}/signing-key"
+
+    [evidence.s3]
+    bucket = "msp-evidence"
+    credentials_file = "${credentialsDir}/s3-credentials"
+    endpoint = "http://s3:9000"
+    path_style = true
+    prefix = "clinic-01/"
+    region = "us-east-1"
+    retention_days = 2190
+
+    [incidents]
+    flap_threshold = 6
+
+    [metrics]
+    listen = "0.0.0.0:9850"
+
+    [runbooks.free_disk]
+    helper_unit = "msp-agent-free-disk.service"
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "demo*.service"
+    remediate = true
+
+    [[watch.units]]
+    expect_active = true
+    pattern = "nginx.service"
+    remediate = true
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "*"
+    remediate = false
+
+    [[backups]]
+    max_age = "26h"
+    name = "legacy"
+    remediate = true
+    unit = "restic-backups-legacy.service"
+    unlock_unit = "msp-agent-restic-unlock-legacy.service"
+
+    [[backups]]
+    max_age = "26h"
+    name = "local"
+    remediate = true
+    unit = "restic-backups-local.service"
+    unlock_unit = "msp-agent-restic-unlock-local.service"
+  '';
+
+  expectedRule =
+    names: patterns:
+    helpers.polkitRule {
+      user = "msp-agent";
+      inherit names patterns;
+    };
+
+  # --- the plain unit file of other distributions -------------------------
+
+  # "Key=Value" lines of the [Service] section, grouped by key in file order.
+  parseService =
+    text:
+    let
+      lines = lib.splitString "\n" text;
+      step =
+        acc: line:
+        let
+          l = lib.trim line;
+          section = builtins.match "[[]([A-Za-z]+)[]]" l;
+          kv = builtins.match "([A-Za-z]+)=(.*)" l;
+        in
+        if section != null then
+          acc // { section = lib.head section; }
+        else if acc.section == "Service" && kv != null then
+          acc
+          // {
+            keys = acc.keys // {
+              ${lib.elemAt kv 0} = (acc.keys.${lib.elemAt kv 0} or [ ]) ++ [ (lib.elemAt kv 1) ];
+            };
+          }
+        else
+          acc;
+    in
+    (lib.foldl' step {
+      section = "";
+      keys = { };
+    } lines).keys;
+
+  # Same meaning, same value: yes/true/on/1 are one boolean, and a list of
+  # lines is compared as the set of its (possibly ~negated) entries.
+  normalize =
+    values:
+    let
+      boolean =
+        v:
+        if lib.elem v [ "yes" "true" "on" "1" ] then
+          "yes"
+        else if lib.elem v [ "no" "false" "off" "0" ] then
+          "no"
+        else
+          v;
+      entries =
+        v:
+        let
+          words = lib.filter (w: w != "") (lib.splitString " " v);
+          negated = words != [ ] && lib.hasPrefix "~" (lib.head words);
+        in
+        if words == [ ] then
+          [ "" ]
+        else
+          map (w: (if negated then "~" else "") + lib.removePrefix "~" w) words;
+    in
+    lib.sort lib.lessThan (lib.unique (lib.concatMap entries (map boolean values)));
+
+  nixValues = v: map (x: if builtins.isBool x then lib.boolToString x else toString x) (lib.toList v);
+
+  # Keys the two files set differently by design: the path of the binary and of
+  # the config, and where secrets come from.
+  perHost = [
+    "ExecStart"
+    "ExecStartPre"
+    "ExecReload"
+    "LoadCredential"
+    "LoadCredentialEncrypted"
+    "SetCredential"
+    "Environment"
+    "EnvironmentFile"
+    "ConfigurationDirectory"
+    "ConfigurationDirectoryMode"
+  ];
+
+  shared = unit.service // unit.sandbox;
+
+  distChecks =
+    if distUnit == null then
+      [ ]
+    else
+      let
+        dist = parseService distUnit;
+      in
+      lib.mapAttrsToList (
+        key: value:
+        check "dist/systemd/msp-agent.service agrees on ${key}" (normalize (dist.${key} or [ "(unset)" ])) (
+          normalize (nixValues value)
+        )
+      ) shared
+      ++ [
+        (check "dist/systemd/msp-agent.service sets nothing the module lacks" (lib.filter (
+          k: !(shared ? ${k}) && !(lib.elem k perHost)
+        ) (lib.attrNames dist)) [ ])
+      ];
+
+  # [Service] of the NixOS unit, as NixOS renders it, for systemd-analyze.
+  renderService =
+    c:
+    let
+      s = c.systemd.services.msp-agent;
+      line = k: v: "${k}=${if builtins.isBool v then lib.boolToString v else toString v}\n";
+    in
+    "[Unit]\nDescription=${s.description}\n\n[Service]\n"
+    + lib.concatStrings (lib.mapAttrsToList (k: v: lib.concatMapStrings (line k) (lib.toList v)) s.serviceConfig);
+
+  # The rule of the full configuration run in a JavaScript engine (duktape,
+  # as in polkitd) with polkit's Result values: who may do what to which unit.
+  polkitCases = [
+    [ "msp-agent" "demo-crash.service" "restart" "yes" ]
+    [ "msp-agent" "demo-crash.service" "start" "yes" ]
+    [ "msp-agent" "demo-crash.service" "stop" "not handled" ]
+    [ "msp-agent" "nginx.service" "restart" "yes" ]
+    [ "msp-agent" "nginx.service.d" "restart" "not handled" ]
+    [ "msp-agent" "xdemo.service" "restart" "not handled" ]
+    [ "msp-agent" "demo.socket" "restart" "not handled" ]
+    [ "msp-agent" "restic-backups-local.service" "start" "yes" ]
+    [ "msp-agent" "msp-agent-free-disk.service" "start" "yes" ]
+    [ "msp-agent" "msp-agent-restic-unlock-legacy.service" "start" "yes" ]
+    [ "msp-agent" "sshd.service" "restart" "not handled" ]
+    [ "msp-agent" "dbus.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent.service" "restart" "not handled" ]
+    [ "alice" "demo-crash.service" "restart" "not handled" ]
+    [ "root" "nginx.service" "start" "not handled" ]
+  ];
+  polkitScript = rule: ''
+    var polkit = {
+      Result: { NO: "no", YES: "yes", AUTH_SELF: "auth_self", AUTH_SELF_KEEP: "auth_self_keep",
+                AUTH_ADMIN: "auth_admin", AUTH_ADMIN_KEEP: "auth_admin_keep", NOT_HANDLED: null },
+      rules: [],
+      addRule: function (f) { this.rules.push(f); },
+      addAdminRule: function (f) {},
+      log: function (m) {}
+    };
+    ${rule}
+    function decide(id, user, unit, verb) {
+      var action = { id: id, lookup: function (k) { return k == "unit" ? unit : (k == "verb" ? verb : undefined); } };
+      var subject = { user: user, local: true, active: true };
+      for (var i = 0; i < polkit.rules.length; i++) {
+        var r = polkit.rules[i](action, subject);
+        if (r !== null && r !== undefined) { return r; }
+      }
+      return "not handled";
+    }
+    var cases = ${builtins.toJSON polkitCases};
+    var lines = [];
+    for (var i = 0; i < cases.length; i++) {
+      var c = cases[i];
+      var got = decide("org.freedesktop.systemd1.manage-units", c[0], c[1], c[2]);
+      lines.push((got == c[3] ? "ok" : "FAIL") + "\tpolkit rule: " + c[0] + " " + c[2] + " " + c[1] + " -> " + c[3] + (got == c[3] ? "" : " (got " + got + ")"));
+    }
+    var other = decide("org.freedesktop.login1.reboot", "msp-agent", "demo-crash.service", "restart");
+    lines.push((other == "not handled" ? "ok" : "FAIL") + "\tpolkit rule: other actions are left alone");
+    var say = typeof print == "function" ? print : console.log;
+    say(lines.join("\n"));
+  '';
+in
+{
+  polkitTest = polkitScript full.security.polkit.extraConfig;
+  serviceUnit = renderService full;
+  minimalConfig = configText minimal;
+  fullConfig = configText full;
+  polkitRule = full.security.polkit.extraConfig;
+
+  results = [
+    # Rendering.
+    (check "minimal: config file" (configText minimal) minimalConfig)
+    (check "minimal: ExecStart runs the package on /etc/msp-agent/config.toml, checked first" {
+      inherit (agentService minimal) ExecStartPre ExecStart;
+    } {
+      ExecStartPre = "${stubs.pkgs.msp-agent}/bin/msp-agent check-config /etc/msp-agent/config.toml";
+      ExecStart = "${stubs.pkgs.msp-agent}/bin/msp-agent run --config /etc/msp-agent/config.toml";
+    })
+    (check "minimal: a new config file restarts the agent" minimal.systemd.services.msp-agent.restartTriggers [
+      minimal.environment.etc."msp-agent/config.toml".source
+    ])
+    (check "minimal: no credentials without secrets" (agentService minimal).LoadCredential [ ])
+    (check "minimal: no assertion fails" (failedAssertions minimal) [ ])
+    (check "minimal: no warning" minimal.warnings [ ])
+    (check "minimal: static system user" {
+      inherit (minimal.users.users.msp-agent) isSystemUser group;
+    } {
+      isSystemUser = true;
+      group = "msp-agent";
+    })
+    (check "minimal: polkit enabled; rule allows the free-disk helper only" {
+      inherit (minimal.security.polkit) enable extraConfig;
+    } {
+      enable = true;
+      extraConfig = expectedRule [ "msp-agent-free-disk.service" ] [ ];
+    })
+    (check "minimal: firewall stays closed" minimal.networking.firewall.allowedTCPPorts [ ])
+    (check "minimal: CLI on PATH" (map (p: p.name) minimal.environment.systemPackages) [ "msp-agent" ])
+    (check "minimal: journalctl on the service's PATH" (map (p: p.name)
+      minimal.systemd.services.msp-agent.path
+    ) [ "systemd" ])
+    (check "minimal: started at boot after the network" {
+      inherit (minimal.systemd.services.msp-agent) wantedBy wants after;
+    } {
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+    })
+    (check "minimal: sandbox is unit.nix, unchanged" (lib.filterAttrs (
+      k: _: unit.sandbox ? ${k}
+    ) (agentService minimal)) unit.sandbox)
+    (check "minimal: service settings are unit.nix, unchanged" (lib.filterAttrs (
+      k: _: unit.service ? ${k}
+    ) (agentService minimal)) unit.service)
+    (check "minimal: key sandbox values" {
+      inherit (agentService minimal)
+        ProtectSystem
+        PrivateUsers
+        CapabilityBoundingSet
+        AmbientCapabilities
+        SystemCallFilter
+        RestrictAddressFamilies
+        UMask
+        ;
+    } {
+      ProtectSystem = "strict";
+      PrivateUsers = true;
+      CapabilityBoundingSet = "";
+      AmbientCapabilities = "";
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged @resources"
+      ];
+      RestrictAddressFamilies = [
+        "AF_UNIX"
+        "AF_INET"
+        "AF_INET6"
+      ];
+      UMask = "0077";
+    })
+    (check "minimal: free-disk helper runs each step best-effort as root" {
+      inherit (minimal.systemd.services.msp-agent-free-disk.serviceConfig) Type ExecStart;
+      user = minimal.systemd.services.msp-agent-free-disk.serviceConfig.User or "root";
+      wantedBy = minimal.systemd.services.msp-agent-free-disk.wantedBy;
+    } {
+      Type = "oneshot";
+      ExecStart = [
+        "-/nix/store/00000000000000000000000000000000-systemd/bin/journalctl --vacuum-size=500M"
+        "-/nix/store/00000000000000000000000000000000-systemd/bin/systemd-tmpfiles --clean"
+        "-/nix/store/00000000000000000000000000000000-nix/bin/nix-collect-garbage --delete-older-than 14d"
+      ];
+      user = "root";
+      wantedBy = [ ];
+    })
+
+    (check "full: config file" (configText full) fullConfig)
+    (check "full: secrets arrive as credentials, by name" (agentService full).LoadCredential [
+      "signing-key:/run/keys/msp-signing-key"
+      "s3-credentials:/run/keys/msp-s3"
+    ])
+    (check "full: polkit rule names backups, helpers and explicit units; globs as patterns"
+      full.security.polkit.extraConfig
+      (expectedRule [
+        "nginx.service"
+        "restic-backups-legacy.service"
+        "restic-backups-local.service"
+        "msp-agent-restic-unlock-legacy.service"
+        "msp-agent-restic-unlock-local.service"
+        "msp-agent-free-disk.service"
+      ] [ "demo*.service" ])
+    )
+    (check "full: polkit rule turns the glob into an anchored RegExp" (lib.hasInfix ''new RegExp("^demo.*\\.service$")''
+      full.security.polkit.extraConfig
+    ) true)
+    (check "full: firewall opens the metrics port" full.networking.firewall.allowedTCPPorts [ 9850 ])
+    (check "full: no assertion fails" (failedAssertions full) [ ])
+    (check "full: unlock helper, new option spelling" {
+      inherit (full.systemd.services.msp-agent-restic-unlock-local) environment;
+      inherit (full.systemd.services.msp-agent-restic-unlock-local.serviceConfig) User ExecStart;
+    } {
+      environment = {
+        RESTIC_REPOSITORY = "/var/backup/local";
+        RESTIC_PASSWORD_FILE = "/run/keys/restic-local";
+        RESTIC_CACHE_DIR = "/var/cache/restic-backups-local";
+      };
+      User = "root";
+      ExecStart = "/nix/store/00000000000000000000000000000000-restic/bin/restic unlock";
+    })
+    (check "full: unlock helper, older option spelling" {
+      inherit (full.systemd.services.msp-agent-restic-unlock-legacy) environment;
+      inherit (full.systemd.services.msp-agent-restic-unlock-legacy.serviceConfig) User EnvironmentFile;
+    } {
+      environment = {
+        RESTIC_REPOSITORY = "/var/backup/legacy";
+        RESTIC_PASSWORD_FILE = "/run/keys/restic-legacy";
+      };
+      User = "backup";
+      EnvironmentFile = "/run/keys/restic-legacy.env";
+    })
+
+    (check "disabled: no unit, no rule, no user" {
+      services = lib.attrNames disabled.systemd.services;
+      rule = disabled.security.polkit.extraConfig;
+      users = lib.attrNames disabled.users.users;
+    } {
+      services = [ ];
+      rule = "";
+      users = [ ];
+    })
+
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.msp-agent.listenAddress = "::";
+            services.msp-agent.openFirewall = true;
+          })
+        );
+      in
+      check "IPv6 listen address is bracketed" (lib.hasInfix ''listen = "[::]:9850"'' (configText c)) true
+    )
+    (
+      let
+        c = forced (eval (enabled { services.msp-agent.checkConfig = true; }));
+      in
+      check "checkConfig: the build runs msp-agent check-config on the rendered file" (
+        builtins.match ".*msp-agent check-config /nix/store/[a-z0-9]+-msp-agent\\.toml\n.*" (configText c) != null
+      ) true
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.msp-agent.runbooks.freeDisk = {
+              nixGcOlderThan = null;
+              extraPaths = [ "/var/cache/app dir" ];
+            };
+          })
+        );
+      in
+      check "free-disk: no GC step when disabled; extra paths quoted" (lib.tail c.systemd.services.msp-agent-free-disk.serviceConfig.ExecStart)
+        [
+          "-/nix/store/00000000000000000000000000000000-systemd/bin/systemd-tmpfiles --clean"
+          "-/nix/store/00000000000000000000000000000000-findutils/bin/find '/var/cache/app dir' -xdev -mindepth 1 -delete"
+        ]
+    )
+    (
+      let
+        c = forced (eval (enabled { services.msp-agent.runbooks.freeDisk.enable = false; }));
+      in
+      check "free-disk disabled: no helper unit and not in the rule" {
+        helper = c.systemd.services ? msp-agent-free-disk;
+        rule = lib.hasInfix "free-disk" c.security.polkit.extraConfig;
+        config = lib.hasInfix "free_disk" (configText c);
+      } {
+        helper = false;
+        rule = false;
+        config = false;
+      }
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.msp-agent.backups.restic.remediate = false;
+            services.restic.backups.local.repository = "/var/backup";
+          })
+        );
+      in
+      check "backups without remediation: watched, not in the rule" {
+        rule = lib.hasInfix "restic-backups-local" c.security.polkit.extraConfig;
+        config = lib.hasInfix "remediate = false\nunit = \"restic-backups-local.service\"" (configText c);
+      } {
+        rule = false;
+        config = true;
+      }
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.msp-agent.backups.restic.discover = false;
+            services.restic.backups.local.repository = "/var/backup";
+          })
+        );
+      in
+      check "discovery off: no backup in file or rule" (
+        lib.hasInfix "restic" (configText c + c.security.polkit.extraConfig)
+      ) false
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.restic.backups.local.repository = "/var/backup";
+            services.msp-agent.settings.backups = [
+              {
+                name = "local";
+                unit = "restic-backups-local.service";
+                max_age = "8d";
+                remediate = true;
+              }
+            ];
+          })
+        );
+      in
+      check "an explicit backup entry replaces the discovered one of that name" (
+        lib.length (lib.filter (l: l == "[[backups]]") (lib.splitString "\n" (configText c)))
+        == 1
+        && lib.hasInfix ''max_age = "8d"'' (configText c)
+      ) true
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.grafana.enable = true;
+            services.msp-agent.grafana.provisionDashboard = true;
+          })
+        );
+      in
+      check "grafana: dashboard directory provisioned from the package" c.services.grafana.provision {
+        enable = true;
+        dashboards.settings.providers = [
+          {
+            name = "msp-agent";
+            options.path = "/nix/store/00000000000000000000000000000000-msp-agent/share/msp-agent/grafana";
+          }
+        ];
+      }
+    )
+    (
+      let
+        c = forced (eval (enabled { services.msp-agent.settings.agent.dry_run = true; }));
+      in
+      check "dry_run passes through" (lib.hasInfix "dry_run = true" (configText c)) true
+    )
+    (
+      let
+        c = forced (
+          eval (enabled {
+            services.msp-agent.settings.evidence.s3.bucket = "b";
+          })
+        );
+      in
+      check "S3 without credentials: a warning about the default chain" (lib.length c.warnings) 1
+    )
+
+    # Contradictory settings, refused with a message that says what to do.
+    (refused "state_dir outside /var/lib" {
+      services.msp-agent.settings.agent.state_dir = "/srv/msp-agent";
+    } "must be below /var/lib/")
+    (refused "signing key twice" {
+      services.msp-agent.evidence.signingKeyFile = "/run/keys/k";
+      services.msp-agent.settings.evidence.key_file = "/etc/msp/k";
+    } "both settings.evidence.key_file and evidence.signingKeyFile")
+    (refused "S3 credentials twice" {
+      services.msp-agent.evidence.s3.credentialsFile = "/run/keys/s3";
+      services.msp-agent.settings.evidence.s3 = {
+        bucket = "b";
+        credentials_file = "/etc/msp/s3";
+      };
+    } "both settings.evidence.s3.credentials_file and evidence.s3.credentialsFile")
+    (refused "S3 credentials without a bucket" {
+      services.msp-agent.evidence.s3.credentialsFile = "/run/keys/s3";
+    } "settings.evidence.s3 (the bucket) is not")
+    (refused "metrics.listen set by hand" {
+      services.msp-agent.settings.metrics.listen = "0.0.0.0:1";
+    } "use services.msp-agent.listenAddress and .port")
+    (refused "open firewall for a loopback listener" {
+      services.msp-agent.openFirewall = true;
+    } "is a loopback address")
+    (refused "remediate everything" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "*";
+          remediate = true;
+        }
+      ];
+    } "would let the agent restart msp-agent.service, dbus.service")
+    (refused "remediate a pattern that reaches sshd" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "*d.service";
+          remediate = true;
+        }
+      ];
+    } "sshd.service")
+    (refused "remediate the agent itself" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "msp-agent.service";
+          remediate = true;
+        }
+      ];
+    } "cannot remediate its own unit")
+    (refused "a character no unit name has" {
+      services.msp-agent.settings.watch.units = [ { pattern = "web/*.service"; } ];
+    } ''contains "/"'')
+    (refused "dashboard without grafana" {
+      services.msp-agent.grafana.provisionDashboard = true;
+    } "needs services.grafana.enable")
+    (refused "polkit switched off" {
+      security.polkit.enable = false;
+    } "security.polkit.enable must stay true")
+
+    # Secrets never in the store: the option types refuse them.
+    (rejected "signing key given as a store path" {
+      services.msp-agent.evidence.signingKeyFile = "/nix/store/00000000000000000000000000000000-key";
+    })
+    (rejected "S3 credentials given as a path literal (copied into the store)" {
+      services.msp-agent.settings.evidence.s3.bucket = "b";
+      services.msp-agent.evidence.s3.credentialsFile = ./stubs.nix;
+    })
+    (rejected "relative signing key path" {
+      services.msp-agent.evidence.signingKeyFile = "keys/k";
+    })
+    (rejected "an unclosed [ in a pattern" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "web-[0-9.service";
+          remediate = true;
+        }
+      ];
+    })
+
+    # Glob semantics shared by the rule and the breadth check.
+    (check "glob: * ? [..] [!..] and escaped dots" (map (p: helpers.globToRegex p) [
+      "demo*.service"
+      "web-?.service"
+      "db-[0-9].service"
+      "x[!ab].service"
+    ]) [ "demo.*\\.service" "web-.\\.service" "db-[0-9]\\.service" "x[^ab]\\.service" ])
+    (check "glob: matches like the agent's patterns"
+      (map (pair: helpers.globMatches (lib.elemAt pair 0) (lib.elemAt pair 1)) [
+        [
+          "demo*.service"
+          "demo-crash.service"
+        ]
+        [
+          "demo*.service"
+          "xdemo.service"
+        ]
+        [
+          "db-[0-9].service"
+          "db-7.service"
+        ]
+        [
+          "db-[0-9].service"
+          "db-x.service"
+        ]
+        [
+          "x[!ab].service"
+          "xa.service"
+        ]
+      ])
+      [
+        true
+        false
+        true
+        false
+        false
+      ]
+    )
+  ]
+  ++ distChecks;
+}

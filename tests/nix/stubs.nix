@@ -1,0 +1,204 @@
+# Minimal stand-ins for the parts of NixOS and nixpkgs the msp-agent module
+# touches, so the module can be evaluated with nothing but nixpkgs' lib.
+#
+# Each declaration mirrors the real option's type (read from nixpkgs: the
+# systemd unit options merge lists by concatenation and other values only when
+# equal; security.polkit.extraConfig is `lines`; environment.etc.<name>.source a
+# path; services.restic.backups an attrsOf submodule whose option names changed
+# between releases, hence freeform here). pkgs.formats.toml keeps the real value
+# type (no null) and renders with ./toml.nix instead of remarshal.
+{ lib }:
+
+let
+  inherit (lib) mkOption types;
+  toml = import ./toml.nix { inherit lib; };
+
+  fakePackage =
+    name:
+    let
+      self = {
+        type = "derivation";
+        inherit name;
+        pname = name;
+        outPath = "/nix/store/00000000000000000000000000000000-${name}";
+        out = self;
+        meta.mainProgram = name;
+      };
+    in
+    self;
+
+  # nixos/lib/systemd-unit-options.nix
+  unitOption = lib.mkOptionType {
+    name = "systemd option";
+    merge =
+      loc: defs:
+      let
+        defs' = lib.filterOverrides defs;
+      in
+      if lib.any (def: lib.isList def.value) defs' then
+        lib.concatMap (def: lib.toList def.value) defs'
+      else
+        lib.mergeEqualOption loc defs';
+  };
+
+  strList = mkOption {
+    type = types.listOf types.str;
+    default = [ ];
+  };
+
+  serviceType = types.submodule {
+    options = {
+      description = mkOption {
+        type = types.str;
+        default = "";
+      };
+      wantedBy = strList;
+      wants = strList;
+      after = strList;
+      before = strList;
+      requires = strList;
+      path = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      environment = mkOption {
+        type = types.attrsOf (
+          types.nullOr (
+            types.oneOf [
+              types.str
+              types.path
+              types.package
+            ]
+          )
+        );
+        default = { };
+      };
+      serviceConfig = mkOption {
+        type = types.attrsOf unitOption;
+        default = { };
+      };
+      unitConfig = mkOption {
+        type = types.attrsOf unitOption;
+        default = { };
+      };
+      restartTriggers = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      script = mkOption {
+        type = types.lines;
+        default = "";
+      };
+    };
+  };
+
+  freeform = types.submodule { freeformType = types.attrsOf types.anything; };
+in
+{
+  inherit fakePackage;
+
+  pkgs = {
+    formats.toml =
+      { }:
+      {
+        # pkgs/pkgs-lib/formats.nix
+        type =
+          let
+            valueType =
+              types.oneOf [
+                types.bool
+                types.int
+                types.float
+                types.str
+                types.path
+                (types.attrsOf valueType)
+                (types.listOf valueType)
+              ]
+              // {
+                description = "TOML value";
+              };
+          in
+          valueType;
+        generate = name: value: builtins.toFile name (toml.toTOML value);
+      };
+    # The checked config is a build step; here its "output" is the script, so
+    # the check can read what would run.
+    runCommand = name: _env: script: builtins.toFile name script;
+    findutils = fakePackage "findutils";
+    restic = fakePackage "restic";
+    msp-agent = fakePackage "msp-agent";
+  };
+
+  nixosOptions = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      users.users = mkOption {
+        type = types.attrsOf freeform;
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf freeform;
+        default = { };
+      };
+      environment.systemPackages = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      environment.etc = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.source = mkOption { type = types.path; };
+          }
+        );
+        default = { };
+      };
+      security.polkit.enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      security.polkit.extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+      };
+      systemd.package = mkOption {
+        type = types.package;
+        default = fakePackage "systemd";
+      };
+      systemd.services = mkOption {
+        type = types.attrsOf serviceType;
+        default = { };
+      };
+      nix.enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      nix.package = mkOption {
+        type = types.package;
+        default = fakePackage "nix";
+      };
+      services.restic.backups = mkOption {
+        type = types.attrsOf freeform;
+        default = { };
+      };
+      services.grafana.enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      services.grafana.provision = mkOption {
+        type = freeform;
+        default = { };
+      };
+    };
+  };
+}
