@@ -36,8 +36,6 @@ let
   user = unit.service.User;
   unitName = "msp-agent.service";
   configPath = "/etc/msp-agent/config.toml";
-  # systemd places LoadCredential= files here ($CREDENTIALS_DIRECTORY).
-  credentialsDir = "/run/credentials/${unitName}";
   freeDiskUnit = "msp-agent-free-disk.service";
   backupUnit = name: "restic-backups-${name}.service";
   unlockUnitBase = name: "msp-agent-restic-unlock-${name}";
@@ -111,17 +109,14 @@ let
   allBackups = discoveredBackups ++ userBackups;
 
   # What the module adds to the user's settings; the user's own keys win where
-  # they overlap, except the ones the module owns (asserted below).
+  # they overlap, except the ones the module owns (asserted below). The secrets
+  # are not named in the file: the agent looks for the credentials
+  # `signing-key` and `s3-credentials` in $CREDENTIALS_DIRECTORY when
+  # evidence.key_file and evidence.s3.credentials_file are unset.
   derivedSettings = lib.foldl' lib.recursiveUpdate { } [
     { metrics.listen = listen; }
     (optionalAttrs (allBackups != [ ]) { backups = allBackups; })
     (optionalAttrs cfg.runbooks.freeDisk.enable { runbooks.free_disk.helper_unit = freeDiskUnit; })
-    (optionalAttrs (cfg.evidence.signingKeyFile != null) {
-      evidence.key_file = "${credentialsDir}/signing-key";
-    })
-    (optionalAttrs (cfg.evidence.s3.credentialsFile != null) {
-      evidence.s3.credentials_file = "${credentialsDir}/s3-credentials";
-    })
   ];
   renderedSettings = stripNulls (lib.recursiveUpdate cfg.settings derivedSettings);
 
@@ -173,6 +168,8 @@ let
     };
   };
 
+  # Only the bucket is required; an option left null is left out of the file
+  # and the agent's default applies (docs/evidence.md).
   s3Type = types.submodule {
     freeformType = settingsFormat.type;
     options = {
@@ -181,31 +178,32 @@ let
         description = "Bucket with Object Lock enabled; the agent checks this at start.";
       };
       prefix = mkOption {
-        type = types.str;
-        default = "";
-        example = "clinic-01/";
-        description = "Key prefix of this host's bundles.";
+        type = types.nullOr types.str;
+        default = null;
+        example = "clinic-01";
+        description = "Key prefix of this host's bundles, without leading or trailing slash (agent default: the bucket's root).";
       };
       endpoint = mkOption {
         type = types.nullOr types.str;
         default = null;
         example = "http://minio.internal:9000";
-        description = "S3 endpoint URL; null for AWS.";
+        description = "Endpoint URL of a server other than AWS.";
       };
       region = mkOption {
-        type = types.str;
-        default = "us-east-1";
-        description = "Region of the bucket.";
+        type = types.nullOr types.str;
+        default = null;
+        example = "eu-central-1";
+        description = "Region of the bucket (agent default: us-east-1).";
       };
       path_style = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Path-style addressing, as MinIO and Ceph usually need.";
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Path-style addressing, as MinIO and Ceph usually need (agent default: false).";
       };
       retention_days = mkOption {
-        type = types.ints.positive;
-        default = 2190;
-        description = "COMPLIANCE retention of each bundle, in days (default six years).";
+        type = types.nullOr types.ints.positive;
+        default = null;
+        description = "COMPLIANCE retention of each bundle, in days (agent default: 2190, six years).";
       };
     };
   };
@@ -233,7 +231,7 @@ in
           ];
           evidence.s3 = {
             bucket = "msp-evidence";
-            prefix = "clinic-01/";
+            prefix = "clinic-01";
             endpoint = "https://s3.eu-central-1.amazonaws.com";
             region = "eu-central-1";
           };

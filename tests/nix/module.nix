@@ -16,7 +16,6 @@ let
   stubs = import ./stubs.nix { inherit lib; };
   unit = import (root + "/nixos-modules/unit.nix");
   helpers = import (root + "/nixos-modules/lib.nix") { inherit lib; };
-  credentialsDir = "/run/credentials/msp-agent.service";
 
   eval =
     settings:
@@ -138,7 +137,7 @@ let
           incidents.flap_threshold = 6;
           evidence.s3 = {
             bucket = "msp-evidence";
-            prefix = "clinic-01/";
+            prefix = "clinic-01";
             endpoint = "http://s3:9000";
             path_style = true;
           };
@@ -197,17 +196,11 @@ let
     hostname = "clinic-01"
     state_dir = "/var/lib/msp-agent"
 
-    [evidence]
-    key_file = "${credentialsDir}/signing-key"
-
     [evidence.s3]
     bucket = "msp-evidence"
-    credentials_file = "${credentialsDir}/s3-credentials"
     endpoint = "http://s3:9000"
     path_style = true
-    prefix = "clinic-01/"
-    region = "us-east-1"
-    retention_days = 2190
+    prefix = "clinic-01"
 
     [incidents]
     flap_threshold = 6
