@@ -121,20 +121,24 @@ def wait_until(fn: Callable[[], Optional[T]], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def journal_entries(machine, cursor: Optional[str] = None, **fields: str) -> list[dict[str, Any]]:
+    """Journal entries (JSON objects) after the cursor whose fields equal the given values.
+
+    After a cursor the filtering is done here, not by journalctl: systemd 252 given
+    --after-cursor and matches skips the first matching entry when the cursor entry
+    itself does not match."""
+    if cursor:
+        out = machine.succeed(f"journalctl -q --no-pager -o json --after-cursor={shlex.quote(cursor)}")
+    else:
+        terms = " ".join(shlex.quote(f"{k}={v}") for k, v in fields.items())
+        out = machine.succeed(f"journalctl -q --no-pager -o json {terms}")
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [e for e in entries if all(e.get(k) == v for k, v in fields.items())]
+
+
 def unit_starts_since(machine, unit: str, cursor: str) -> int:
     """How many times systemd reported the unit started after the cursor."""
-    out = machine.succeed(
-        f"journalctl -q --no-pager -o cat --after-cursor={shlex.quote(cursor)} "
-        f"_PID=1 UNIT={shlex.quote(unit)} MESSAGE_ID={MESSAGE_UNIT_STARTED}")
-    return len([line for line in out.splitlines() if line.strip()])
-
-
-def journal_entries(machine, *matches: str, cursor: Optional[str] = None) -> list[dict[str, Any]]:
-    """Journal entries (as JSON objects) matching FIELD=value terms."""
-    after = f" --after-cursor={shlex.quote(cursor)}" if cursor else ""
-    terms = " ".join(shlex.quote(m) for m in matches)
-    out = machine.succeed(f"journalctl -q --no-pager -o json{after} {terms}")
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return len(journal_entries(machine, cursor, _PID="1", UNIT=unit, MESSAGE_ID=MESSAGE_UNIT_STARTED))
 
 
 def describe(incident: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from .common import AGENT, CONFIG_PATH, config, journal_cursor, reset, wait_until, write_config
+from .common import (AGENT, CONFIG_PATH, config, journal_cursor, journal_entries, reset, wait_until,
+                     write_config)
 
 TYPO = "remediat"
 
@@ -43,8 +44,8 @@ def scenario_config_typo_refused(machine) -> None:
 
     # With Restart=on-failure the unit may try again, but it must never become active.
     wait_until(settled, 30, f"{AGENT} to give up")
-    logged = machine.succeed(
-        f"journalctl -q --no-pager -o cat --after-cursor='{cursor}' -u {AGENT}")
+    logged = "\n".join(str(e.get("MESSAGE", "")) for e in journal_entries(machine, cursor)
+                       if AGENT in (e.get("_SYSTEMD_UNIT"), e.get("UNIT")))
     assert TYPO in logged, f"the journal of {AGENT} does not name `{TYPO}`:\n{logged}"
 
     # Leave a working agent behind.

@@ -33,7 +33,7 @@ def scenario_service_restart(machine) -> None:
     assert info["NRestarts"] == "0", f"systemd restarted demo.service itself (NRestarts={info['NRestarts']})"
 
     # The incident ID is the correlation ID in the agent's journal.
-    entries = journal_entries(machine, f"INCIDENT_ID={incident['id']}")
+    entries = journal_entries(machine, INCIDENT_ID=str(incident["id"]))
     assert entries, f"`journalctl INCIDENT_ID={incident['id']}` shows nothing"
     assert any(e.get("RUNBOOK") == RUNBOOK_RESTART for e in entries), \
         f"no journal entry of incident {incident['id']} carries RUNBOOK={RUNBOOK_RESTART}"
