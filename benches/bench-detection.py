@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""How fast the agent notices a failed unit and brings it back, and what it costs idle.
+
+Runs on the nspawn bench (tests/bench/): boots a container, installs the agent built from
+this repository, and measures on a real systemd:
+
+1. Detection and repair. demo.service (Restart=no) is killed with SIGKILL N times; each
+   time the benchmark waits until the agent has resolved the new incident, then reads:
+     detection latency  = incidents.opened_at_us - incidents.detected_at_us
+                          (systemd's StateChangeTimestamp of the failure; the moment the
+                          kill was issued when the agent recorded none)
+     time to restored   = the unit's ActiveEnterTimestamp after the restart - that failure time
+     time to resolved   = incidents.resolved_at_us - that failure time (includes the settle
+                          period the runbook waits to see the unit stay up)
+   and prints the median and p99 of each, in milliseconds.
+2. Idle cost. 200 running units (bench-NNN.service, `sleep infinity`) matched by a glob
+   in the config; the agent is left alone for 60 s; prints its resident memory (VmRSS,
+   VmHWM) and CPU use over the interval (utime + stime from /proc/<pid>/stat).
+
+Prints figures; never asserts on them. Needs root. Usage:
+  python3 benches/bench-detection.py [--kills 50] [--units 200] [--idle 60] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "bench"))
+
+import bench  # noqa: E402
+from nspawn_driver import CommandFailed  # noqa: E402
+
+STATE_DB = "/var/lib/msp-agent/state.db"
+AGENT = "msp-agent.service"
+
+
+def config(patterns: list[tuple[str, bool]]) -> str:
+    """Limits out of the way: every kill must be remediated, however fast they come."""
+    rules = "".join(
+        f'[[watch.units]]\npattern = "{p}"\nremediate = {"true" if r else "false"}\n\n' for p, r in patterns)
+    return f"""\
+[agent]
+state_dir = "/var/lib/msp-agent"
+
+{rules}[incidents]
+flap_window = "10m"
+flap_threshold = 100000
+resolve_hold = "0s"
+
+[runbooks.service_restart]
+job_timeout = "20s"
+settle = "1s"
+max_runs = 100000
+window = "1h"
+min_interval = "0s"
+
+[limits]
+global_per_hour = 100000
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def now_us(machine) -> int:
+    return int(machine.succeed("date +%s%6N").strip())
+
+
+def unit_timestamp_us(machine, unit: str, prop: str) -> int:
+    """A unit's timestamp property in microseconds of the realtime clock."""
+    path = "/org/freedesktop/systemd1/unit/" + "".join(
+        c if c.isalnum() else f"_{ord(c):02x}" for c in unit)
+    out = machine.succeed(
+        f"busctl get-property org.freedesktop.systemd1 {path} org.freedesktop.systemd1.Unit {prop}")
+    return int(out.split()[1])  # "t 1700000000123456"
+
+
+def latest_incident(machine, target: str) -> dict | None:
+    sql = ("SELECT id, state, opened_at_us, detected_at_us, resolved_at_us FROM incidents "
+           f"WHERE target = '{target}' ORDER BY opened_at_us DESC LIMIT 1")
+    status, out = machine.execute(f'sqlite3 -readonly -json {STATE_DB} "{sql}" 2>/dev/null')
+    if status != 0 or not out.strip():
+        return None  # no database yet, or busy for a moment: ask again
+    rows = json.loads(out)
+    return rows[0] if rows else None
+
+
+def restart_agent_fresh(machine, text: str) -> None:
+    machine.succeed(f"systemctl stop {AGENT}", "rm -rf /var/lib/msp-agent")
+    bench.write_config(machine, text)
+    bench.install_polkit_rule(machine)
+    machine.succeed(f"systemctl reset-failed {AGENT} || true", f"systemctl start {AGENT}")
+    machine.wait_for_unit(AGENT, timeout=30)
+
+
+def measure_detection(machine, kills: int, timeout: float = 30) -> dict:
+    restart_agent_fresh(machine, config([("demo.service", True)]))
+    detect, restored, resolved = [], [], []
+    missing_detected_at = 0
+    seen = set()
+    for i in range(kills):
+        machine.wait_for_unit("demo.service", timeout=timeout)
+        previous = latest_incident(machine, "demo.service")
+        if previous:
+            seen.add(previous["id"])
+        killed_at = now_us(machine)
+        machine.succeed("systemctl kill -s KILL demo.service")
+
+        deadline = time.monotonic() + timeout
+        while True:
+            inc = latest_incident(machine, "demo.service")
+            if inc and inc["id"] not in seen and inc["state"] == "resolved":
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kill {i + 1}: no resolved incident for demo.service after {timeout:.0f} s "
+                                 f"(last seen: {inc})")
+            time.sleep(0.05)
+        seen.add(inc["id"])
+
+        failed_at = inc["detected_at_us"]
+        if not failed_at:
+            missing_detected_at += 1
+            failed_at = killed_at
+        active_at = unit_timestamp_us(machine, "demo.service", "ActiveEnterTimestamp")
+        detect.append((inc["opened_at_us"] - failed_at) / 1000)
+        restored.append((active_at - failed_at) / 1000)
+        if inc["resolved_at_us"]:
+            resolved.append((inc["resolved_at_us"] - failed_at) / 1000)
+        print(f"  kill {i + 1:3}/{kills}: detected {detect[-1]:7.1f} ms, restored {restored[-1]:7.1f} ms",
+              flush=True)
+    return {"kills": kills, "missing_detected_at": missing_detected_at,
+            "detection_ms": detect, "restored_ms": restored, "resolved_ms": resolved}
+
+
+def proc_status(machine, pid: int) -> dict[str, str]:
+    out = machine.succeed(f"cat /proc/{pid}/status")
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+
+
+def cpu_ticks(machine, pid: int) -> int:
+    stat = machine.succeed(f"cat /proc/{pid}/stat")
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def measure_idle(machine, units: int, idle: float) -> dict:
+    machine.succeed(
+        f"for i in $(seq -f %03g 0 {units - 1}); do printf '%s\\n' '[Unit]' "
+        "'Description=Idle unit for the agent to watch' '[Service]' 'ExecStart=/bin/sleep infinity' "
+        "> /etc/systemd/system/bench-$i.service; done",
+        "systemctl daemon-reload",
+        f"systemctl start $(seq -f 'bench-%03g.service' 0 {units - 1})",
+    )
+    running = int(machine.succeed("systemctl list-units --state=running --no-legend --plain 'bench-*.service' | wc -l"))
+    restart_agent_fresh(machine, config([("demo.service", True), ("bench-*.service", False)]))
+    pid = int(machine.get_unit_property(AGENT, "MainPID"))
+    hz = int(machine.succeed("getconf CLK_TCK"))
+    time.sleep(2)  # let start-up work (initial state of every unit) finish
+    t0, ticks0 = time.monotonic(), cpu_ticks(machine, pid)
+    time.sleep(idle)
+    t1, ticks1 = time.monotonic(), cpu_ticks(machine, pid)
+    status = proc_status(machine, pid)
+    assert int(machine.get_unit_property(AGENT, "MainPID")) == pid, "the agent restarted during the idle interval"
+    return {
+        "units": running,
+        "idle_s": t1 - t0,
+        "cpu_percent": (ticks1 - ticks0) / hz / (t1 - t0) * 100,
+        "rss_kib": int(status["VmRSS"].split()[0]),
+        "hwm_kib": int(status["VmHWM"].split()[0]),
+        "threads": int(status["Threads"]),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=50, help="how many times to kill demo.service (0 skips)")
+    ap.add_argument("--units", type=int, default=200, help="idle units to watch")
+    ap.add_argument("--idle", type=float, default=60, help="seconds to leave the agent idle (0 skips)")
+    ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = ap.parse_args()
+
+    machine = bench.boot("msp-bench-detect")
+    bench.install_demo_units(machine, ["demo.service"])
+    bench.install_agent(machine, config([("demo.service", True)]))
+    version = machine.execute("msp-agent --version 2>&1")[1].strip()
+    results: dict = {"agent": version}
+    print(f"agent: {version or 'unknown version'}", flush=True)
+
+    if args.kills > 0:
+        print(f"detection: killing demo.service {args.kills} times", flush=True)
+        d = measure_detection(machine, args.kills)
+        results["detection"] = d
+    if args.idle > 0:
+        print(f"idle: {args.units} units, {args.idle:.0f} s", flush=True)
+        results["idle"] = measure_idle(machine, args.units, args.idle)
+    machine.shutdown()
+
+    print()
+    if "detection" in results:
+        d = results["detection"]
+        for key, label in (("detection_ms", "detection latency"), ("restored_ms", "time to restored"),
+                           ("resolved_ms", "time to resolved")):
+            values = d[key]
+            if values:
+                print(f"{label:18}  median {statistics.median(values):8.1f} ms   "
+                      f"p99 {percentile(values, 99):8.1f} ms   (n={len(values)})")
+        if d["missing_detected_at"]:
+            print(f"  ({d['missing_detected_at']} incidents had no detected_at_us: measured from the kill)")
+    if "idle" in results:
+        i = results["idle"]
+        print(f"idle, {i['units']} watched units, {i['idle_s']:.0f} s:  RSS {i['rss_kib'] / 1024:.1f} MiB "
+              f"(peak {i['hwm_kib'] / 1024:.1f} MiB), CPU {i['cpu_percent']:.2f} %, {i['threads']} threads")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (CommandFailed, bench.BenchError) as e:
+        sys.exit(f"bench-detection: {e}")
