@@ -147,6 +147,9 @@ for key, name in [("minimalConfig", "minimal.toml"), ("fullConfig", "full.toml")
                   ("serviceUnit", "msp-agent.service"), ("polkitTest", "polkit-test.js")]:
     with open(os.path.join(work, name), "w") as f:
         f.write(out[key])
+for test, script in out["vmScripts"].items():
+    with open(os.path.join(work, "vm-%s.py" % test), "w") as f:
+        f.write(script)
 EOF
 then
   fail "module evaluation: unreadable result"
@@ -171,6 +174,26 @@ EOF
 else
   fail "rendered config files as TOML: $out"
 fi
+
+# The VM tests' Python: it compiles, and pyflakes (the NixOS test driver's lint)
+# finds no undefined name, given the names the driver defines.
+driver_names="start_all,subtest,agent,s3,machines,driver,log,join_all,retry,serial_stdout_off,serial_stdout_on,polling_condition,Machine,create_machine,run_tests,t"
+pyflakes=""
+if ensure pyflakes3 python3-pyflakes; then
+  pyflakes=pyflakes3
+elif python3 -m pyflakes --version >/dev/null 2>&1; then
+  pyflakes="python3 -m pyflakes"
+fi
+for script in "$work"/vm-*.py; do
+  name=$(basename "$script" .py)
+  if ! err=$(python3 -m py_compile "$script" 2>&1); then
+    fail "$name testScript does not compile: $err"
+  elif [ -n "$pyflakes" ] && ! err=$(PYFLAKES_BUILTINS="$driver_names" $pyflakes "$script" 2>&1); then
+    fail "$name testScript: pyflakes: $err"
+  else
+    pass "$name testScript compiles${pyflakes:+ and passes pyflakes}"
+  fi
+done
 
 # The polkit rule, executed.
 js=""

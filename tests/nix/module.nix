@@ -403,8 +403,115 @@ let
     var say = typeof print == "function" ? print : console.log;
     say(lines.join("\n"));
   '';
+
+  # --- the VM tests' own Nix, evaluated with the same stubs ----------------
+
+  vmTests = import (root + "/vm-tests/common.nix") {
+    inherit (stubs) pkgs;
+    module = root + "/nixos-modules/msp-agent.nix";
+  };
+  vmTest = name: import (root + "/vm-tests/${name}.nix") { inherit (stubs) pkgs; inherit vmTests; };
+  vm = {
+    remediation = vmTest "remediation";
+    backup = vmTest "backup";
+    evidence = vmTest "evidence";
+  };
+  evalNode =
+    extra: node:
+    forced (
+      (lib.evalModules {
+        modules = [
+          stubs.nixosOptions
+          stubs.vmOptions
+          node
+        ]
+        ++ extra;
+        specialArgs.pkgs = stubs.pkgs;
+      }).config
+    );
+  # The checked config is a build step; on an agent node the plain render is read.
+  plainRender = { services.msp-agent.checkConfig = lib.mkForce false; };
+  vmAgent = evalNode [ plainRender ] vm.remediation.nodes.agent;
+  vmBackupOlder = evalNode [ plainRender ] vm.backup.nodes.agent;
+  vmBackup2511 = evalNode [
+    plainRender
+    stubs.resticSettings
+  ] vm.backup.nodes.agent;
+  vmEvidence = evalNode [ plainRender ] vm.evidence.nodes.agent;
+  vmS3 = evalNode [ ] vm.evidence.nodes.s3;
+
+  vmChecks = [
+    (check "vm agent node: module assertions hold" (failedAssertions vmAgent) [ ])
+    (check "vm agent node: the bench's demo units, with NixOS paths" (lib.mapAttrs (_: u: {
+      nixosPaths = !(lib.hasInfix " /bin/" u.text) && !(lib.hasInfix "=/bin/" u.text);
+      inherit (u) wantedBy;
+    }) vmAgent.systemd.units) {
+      "demo.service" = {
+        nixosPaths = true;
+        wantedBy = [ "multi-user.target" ];
+      };
+      "demo-crashloop.service" = {
+        nixosPaths = true;
+        wantedBy = [ ];
+      };
+      "unwatched.service" = {
+        nixosPaths = true;
+        wantedBy = [ "multi-user.target" ];
+      };
+    })
+    (check "vm agent node: polkit rule covers demo*.service as the scenarios expect" (lib.hasInfix ''new RegExp("^demo.*\\.service$")''
+      vmAgent.security.polkit.extraConfig
+    ) true)
+    (check "vm agent node: the rendered config stays readable when a scenario replaces config.toml"
+      vmAgent.environment.etc."msp-agent/rendered.toml".source
+      vmAgent.environment.etc."msp-agent/config.toml".source
+    )
+    (check "vm evidence node: S3 endpoint is the s3 node, secrets as credentials" {
+      endpoint = lib.hasInfix ''endpoint = "http://s3:9000"'' (configText vmEvidence);
+      inherit (agentService vmEvidence) LoadCredential;
+      secretsFirst = vmEvidence.systemd.services.msp-agent-test-secrets.before;
+    } {
+      endpoint = true;
+      LoadCredential = [
+        "signing-key:/etc/msp-agent-secrets/signing-key"
+        "s3-credentials:/etc/msp-agent-secrets/s3-credentials"
+      ];
+      secretsFirst = [ "msp-agent.service" ];
+    })
+    (check "vm evidence node: module assertions hold" (failedAssertions vmEvidence) [ ])
+    (check "vm s3 node: the bucket is made with Object Lock" (lib.hasInfix "mc mb --ignore-existing --with-lock local/msp-evidence"
+      vmS3.systemd.services.evidence-bucket.script
+    ) true)
+  ]
+  ++ lib.concatMap
+    (
+      { label, c }:
+      [
+        (check "vm backup node (${label}): the backup is discovered" (lib.hasInfix ''unit = "restic-backups-clinic.service"'' (
+          configText c
+        )) true)
+        (check "vm backup node (${label}): the unlock helper finds the repository" {
+          inherit (c.systemd.services.msp-agent-restic-unlock-clinic.environment) RESTIC_REPOSITORY;
+          password = lib.hasSuffix "-restic-password" c.systemd.services.msp-agent-restic-unlock-clinic.environment.RESTIC_PASSWORD_FILE;
+        } {
+          RESTIC_REPOSITORY = "/var/backup/restic";
+          password = true;
+        })
+      ]
+    )
+    [
+      {
+        label = "option names before 25.11";
+        c = vmBackupOlder;
+      }
+      {
+        label = "settings.RESTIC_* of 25.11";
+        c = vmBackup2511;
+      }
+    ];
 in
 {
+  vmScripts = lib.mapAttrs (_: t: t.testScript) vm;
   polkitTest = polkitScript full.security.polkit.extraConfig;
   serviceUnit = renderService full;
   minimalConfig = configText minimal;
@@ -807,5 +914,6 @@ in
       ]
     )
   ]
+  ++ vmChecks
   ++ distChecks;
 }

@@ -57,6 +57,7 @@ let
       after = strList;
       before = strList;
       requires = strList;
+      requiredBy = strList;
       path = mkOption {
         type = types.listOf types.package;
         default = [ ];
@@ -127,6 +128,58 @@ in
     findutils = fakePackage "findutils";
     restic = fakePackage "restic";
     msp-agent = fakePackage "msp-agent";
+
+    # For the VM test files: runNixOSTest hands back its argument, so the
+    # nodes and the testScript can be inspected.
+    inherit lib;
+    testers.runNixOSTest = test: test;
+    writeText = name: text: builtins.toFile name text;
+    linkFarm = name: _entries: "/nix/store/00000000000000000000000000000000-${name}";
+    runtimeShell = "/nix/store/00000000000000000000000000000000-bash/bin/bash";
+    coreutils = fakePackage "coreutils";
+    sqlite = fakePackage "sqlite";
+    jq = fakePackage "jq";
+    util-linux = fakePackage "util-linux";
+    openssh = fakePackage "openssh";
+    minio-client = fakePackage "minio-client";
+  };
+
+  # What the VM test nodes set besides the module's options.
+  vmOptions = {
+    options = {
+      systemd.units = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.text = mkOption { type = types.str; };
+            options.wantedBy = strList;
+          }
+        );
+        default = { };
+      };
+      systemd.tmpfiles.rules = strList;
+      virtualisation.memorySize = mkOption {
+        type = types.int;
+        default = 1024;
+      };
+      services.minio = mkOption {
+        type = freeform;
+        default = { };
+      };
+    };
+  };
+
+  # services.restic.backups as nixos-25.11 declares it: settings.RESTIC_*.
+  resticSettings = {
+    options.services.restic.backups = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options.settings = mkOption {
+            type = types.attrsOf types.anything;
+            default = { };
+          };
+        }
+      );
+    };
   };
 
   nixosOptions = {

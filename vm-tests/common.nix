@@ -1,0 +1,204 @@
+# What the NixOS VM tests share: the agent's node, the S3 node, the bench's
+# demo units, and the scenarios of vm-tests/scenarios/ as an importable Python
+# package. The scenarios are the same code the nspawn bench runs
+# (tests/bench/run-scenarios.py); the VM tests only provide NixOS machines that
+# offer what vm-tests/scenarios/__init__.py asks for.
+{ pkgs, module }:
+
+let
+  inherit (pkgs) lib;
+
+  # Demo units of the bench, unchanged except for the absolute paths of the
+  # programs they run, which NixOS does not have under /bin.
+  benchUnits = ../tests/bench/units;
+  demoUnit =
+    name:
+    let
+      text = builtins.replaceStrings [ "/bin/sleep" "/bin/sh" ] [
+        "${pkgs.coreutils}/bin/sleep"
+        "${pkgs.runtimeShell}"
+      ] (builtins.readFile (benchUnits + "/${name}"));
+    in
+    {
+      inherit text;
+      wantedBy = lib.optional (lib.hasInfix "WantedBy=multi-user.target" text) "multi-user.target";
+    };
+  demoUnitNames = lib.filter (lib.hasSuffix ".service") (lib.attrNames (builtins.readDir benchUnits));
+
+  s3 = {
+    user = "msp-test-admin";
+    password = "msp-test-secret-1";
+    bucket = "msp-evidence";
+    port = 9000;
+  };
+in
+rec {
+  inherit s3;
+
+  # `import scenarios` works once this directory is on sys.path.
+  scenarioRoot = pkgs.linkFarm "msp-agent-scenarios" [
+    {
+      name = "scenarios";
+      path = ./scenarios;
+    }
+  ];
+
+  # The first lines of every testScript. Which scenarios a test runs is chosen
+  # by a word in their name, so a scenario added to scenarios.ALL runs in the
+  # VM test that has the machines it needs without a change here:
+  #   backup            -> vm-backup (restic)
+  #   evidence, s3, spool, tamper, verify -> vm-evidence (MinIO)
+  #   disk              -> not run in a VM yet
+  #   anything else     -> vm-remediation
+  preamble = ''
+    import sys
+
+    sys.path.insert(0, "${scenarioRoot}")
+    import scenarios  # type: ignore
+
+    GROUPS = {
+        "backup": ("backup",),
+        "evidence": ("evidence", "s3", "spool", "tamper", "verify"),
+        "disk": ("disk",),
+    }
+
+
+    def scenarios_of(group):
+        """The shared scenarios that belong to one VM test (see vm-tests/common.nix)."""
+        def group_of(scenario):
+            for name, words in GROUPS.items():
+                if any(word in scenario.__name__ for word in words):
+                    return name
+            return "remediation"
+        return [s for s in scenarios.ALL if group_of(s) == group]
+
+
+    def run_scenarios(machine, group, required=True):
+        selected = scenarios_of(group)
+        if required and not selected:
+            raise Exception(f"vm-tests/scenarios has no scenario for {group!r} yet ({GROUPS.get(group)})")
+        for scenario in selected:
+            with subtest(scenario.__name__):
+                scenario(machine)
+  '';
+
+  # The host the agent runs on, with what the scenarios expect: the module,
+  # the demo units, a config remediating demo*.service (which puts that
+  # pattern into the polkit rule), sqlite3, journalctl, busctl, setpriv,
+  # ssh-keygen.
+  agentNode =
+    { config, pkgs, ... }:
+    {
+      imports = [ module ];
+
+      # The scenarios replace /etc/msp-agent/config.toml with their own; the
+      # file the module rendered stays here, for a scenario that needs its
+      # [evidence] or [[backups]] tables.
+      environment.etc."msp-agent/rendered.toml".source =
+        config.environment.etc."msp-agent/config.toml".source;
+
+      services.msp-agent = {
+        enable = true;
+        # A test VM's store is an overlay on the host's: no garbage collection.
+        runbooks.freeDisk.nixGcOlderThan = null;
+        settings = {
+          watch.units = [
+            {
+              pattern = "demo*.service";
+              remediate = true;
+            }
+            { pattern = "*"; }
+          ];
+        };
+      };
+
+      systemd.units = lib.genAttrs demoUnitNames demoUnit;
+
+      environment.systemPackages = [
+        pkgs.sqlite
+        pkgs.jq
+        pkgs.util-linux
+        pkgs.openssh
+      ];
+
+      virtualisation.memorySize = 1024;
+    };
+
+  # MinIO with the evidence bucket created with Object Lock (`mc mb
+  # --with-lock`) once the server answers. Test credentials only: in a real
+  # deployment nothing secret goes into the store.
+  s3Node =
+    { pkgs, ... }:
+    {
+      services.minio = {
+        enable = true;
+        rootCredentialsFile = pkgs.writeText "minio-root-credentials" ''
+          MINIO_ROOT_USER=${s3.user}
+          MINIO_ROOT_PASSWORD=${s3.password}
+        '';
+      };
+      networking.firewall.allowedTCPPorts = [ s3.port ];
+      environment.systemPackages = [ pkgs.minio-client ];
+
+      systemd.services.evidence-bucket = {
+        description = "Evidence bucket with Object Lock";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "minio.service" ];
+        requires = [ "minio.service" ];
+        path = [ pkgs.minio-client ];
+        environment.HOME = "/run/evidence-bucket";
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          RuntimeDirectory = "evidence-bucket";
+        };
+        script = ''
+          for _ in $(seq 60); do
+            mc alias set local http://127.0.0.1:${toString s3.port} ${s3.user} ${s3.password} && break
+            sleep 1
+          done
+          mc mb --ignore-existing --with-lock local/${s3.bucket}
+        '';
+      };
+    };
+
+  # The agent's side of the evidence pipeline: its S3 credentials and signing
+  # key written at boot (outside the store) and handed over by the module as
+  # systemd credentials.
+  evidenceAgent =
+    { pkgs, ... }:
+    {
+      systemd.services.msp-agent-test-secrets = {
+        description = "Test secrets of msp-agent";
+        wantedBy = [ "multi-user.target" ];
+        before = [ "msp-agent.service" ];
+        requiredBy = [ "msp-agent.service" ];
+        path = [ pkgs.openssh ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+        };
+        script = ''
+          install -d -m 0700 /etc/msp-agent-secrets
+          umask 077
+          printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+            ${s3.user} ${s3.password} > /etc/msp-agent-secrets/s3-credentials
+          if [ ! -e /etc/msp-agent-secrets/signing-key ]; then
+            ssh-keygen -q -t ed25519 -N "" -C msp-agent -f /etc/msp-agent-secrets/signing-key
+          fi
+        '';
+      };
+
+      services.msp-agent = {
+        evidence.signingKeyFile = "/etc/msp-agent-secrets/signing-key";
+        evidence.s3.credentialsFile = "/etc/msp-agent-secrets/s3-credentials";
+        settings.evidence.s3 = {
+          inherit (s3) bucket;
+          prefix = "agent";
+          endpoint = "http://s3:${toString s3.port}";
+          path_style = true;
+          retention_days = 1;
+        };
+      };
+    };
+}
