@@ -28,6 +28,7 @@
               lib.fileset.unions [
                 (lib.fileset.maybeMissing ./tests/bench)
                 (lib.fileset.maybeMissing ./tests/nix)
+                (lib.fileset.maybeMissing ./tests/run.sh)
               ]
             ))
           ]
@@ -144,7 +145,8 @@
               runHook postBuild
             '';
             doCheck = false;
-            installPhase = "touch $out";
+            installPhase = "mkdir -p $out";
+            dontFixup = true;
           });
 
           # rustfmt on the files themselves: `cargo fmt` would ask cargo to resolve

@@ -159,6 +159,26 @@ while IFS=$'\t' read -r status name detail; do
   if [ "$status" = ok ]; then pass "module: $name"; else fail "module: $name: $detail"; fi
 done <"$work/results.tsv"
 
+# flake.nix's outputs, called with a stand-in nixpkgs.
+if nix-instantiate --eval --strict --json --read-write-mode tests/nix/flake-outputs.nix \
+  --arg nixpkgsLib "$lib_path" -A results >"$work/flake.json" 2>"$work/flake.err"; then
+  python3 - "$work/flake.json" >"$work/flake.tsv" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    status = "skip" if r.get("skip") else ("ok" if r["ok"] else "FAIL")
+    print("%s\t%s\t%s" % (status, r["name"], r.get("skip") or ("" if r["ok"] else r["detail"])))
+PY
+  while IFS=$'\t' read -r status name detail; do
+    case $status in
+      ok) pass "$name" ;;
+      skip) skip "$name: $detail" ;;
+      *) fail "$name: $detail" ;;
+    esac
+  done <"$work/flake.tsv"
+else
+  fail "flake outputs: $(tail -n 20 "$work/flake.err")"
+fi
+
 # The rendered files are TOML a standard parser reads the same way.
 if out=$(python3 - "$work/minimal.toml" "$work/full.toml" <<'EOF' 2>&1
 import sys, tomllib

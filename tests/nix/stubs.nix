@@ -122,9 +122,14 @@ in
           valueType;
         generate = name: value: builtins.toFile name (toml.toTOML value);
       };
-    # The checked config is a build step; here its "output" is the script, so
-    # the check can read what would run.
-    runCommand = name: _env: script: builtins.toFile name script;
+    # A build step; here its "output" is its string inputs and its script, so
+    # a check can read what would run.
+    runCommand =
+      name: env: script:
+      builtins.toFile name (
+        lib.concatStrings (lib.mapAttrsToList (k: v: lib.optionalString (builtins.isString v) "${k}: ${v}\n") env)
+        + script
+      );
     findutils = fakePackage "findutils";
     restic = fakePackage "restic";
     msp-agent = fakePackage "msp-agent";
