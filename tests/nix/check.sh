@@ -15,6 +15,10 @@
 #   tests/nix/check.sh [NIXPKGS_LIB_PATH]     default: /var/tmp/nixpkgs-lib if present
 #   MSP_AGENT_BIN=target/debug/msp-agent tests/nix/check.sh ...
 #       also runs `msp-agent check-config` on the rendered files.
+#   NIX_INSTANTIATE=CMD tests/nix/check.sh ...
+#       evaluates (b) with another nix-instantiate, e.g. a newer Nix in a chroot
+#       that sees the repository and nixpkgs.lib at the same paths; Nix 2.8
+#       cannot evaluate lib.fileset and skips the checks of the package's source.
 #
 # Installs what it needs when missing and running as root on Debian (nix-bin,
 # python3; duktape and systemd for the optional parts). Exit status 0 only if
@@ -123,14 +127,16 @@ fi
 lib_path=$(cd "$lib_path" && pwd)
 echo "# nixpkgs.lib $(cat "$lib_path/lib/.version" 2>/dev/null) at $lib_path"
 
-eval_args=(--eval --strict --json --read-write-mode tests/nix/module.nix --arg nixpkgsLib "$lib_path")
+eval_args=(--eval --strict --json --read-write-mode "$root/tests/nix/module.nix" --arg nixpkgsLib "$lib_path")
 if [ -f dist/systemd/msp-agent.service ]; then
   eval_args+=(--arg distUnit "builtins.readFile $root/dist/systemd/msp-agent.service")
 else
   skip "dist/systemd/msp-agent.service does not exist yet: nothing to compare with nixos-modules/unit.nix"
 fi
 
-if ! nix-instantiate "${eval_args[@]}" >"$work/module.json" 2>"$work/module.err"; then
+nix_eval=${NIX_INSTANTIATE:-nix-instantiate}
+echo "# evaluating with $($nix_eval --version 2>/dev/null)"
+if ! $nix_eval "${eval_args[@]}" >"$work/module.json" 2>"$work/module.err"; then
   fail "module evaluation: $(tail -n 20 "$work/module.err")"
   finish
 fi
@@ -160,7 +166,7 @@ while IFS=$'\t' read -r status name detail; do
 done <"$work/results.tsv"
 
 # flake.nix's outputs, called with a stand-in nixpkgs.
-if nix-instantiate --eval --strict --json --read-write-mode tests/nix/flake-outputs.nix \
+if $nix_eval --eval --strict --json --read-write-mode "$root/tests/nix/flake-outputs.nix" \
   --arg nixpkgsLib "$lib_path" -A results >"$work/flake.json" 2>"$work/flake.err"; then
   python3 - "$work/flake.json" >"$work/flake.tsv" <<'PY'
 import json, sys
