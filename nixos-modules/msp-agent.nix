@@ -535,8 +535,6 @@ in
           unit.service
           // unit.sandbox
           // {
-            # Refuses a hand-edited file with its line and key before starting.
-            ExecStartPre = "${cfg.package}/bin/msp-agent check-config ${configPath}";
             ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
             StateDirectory = stateDirName;
             LoadCredential =
