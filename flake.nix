@@ -15,8 +15,9 @@
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       cargoToml = builtins.fromTOML (builtins.readFile ./Cargo.toml);
 
-      # Only what cargo reads: editing docs, the bench or the VM tests does not
-      # rebuild the agent.
+      # Only what cargo and the tests read (docs/: the evidence tests run the
+      # auditor's steps of docs/evidence.md verbatim); editing the bench, the
+      # VM tests or the Nix files does not rebuild the agent.
       src = lib.fileset.toSource {
         root = ./.;
         fileset = lib.fileset.unions (
@@ -37,6 +38,7 @@
             ./benches
             ./examples
             ./dist
+            ./docs
           ]
         );
       };
@@ -46,6 +48,7 @@
           lib,
           rustPlatform,
           cmake,
+          openssh,
         }:
         rustPlatform.buildRustPackage {
           pname = cargoToml.package.name;
@@ -66,6 +69,8 @@
             "--skip=system_"
             "--skip=s3_"
           ];
+          # The evidence tests check signatures with the real ssh-keygen.
+          nativeCheckInputs = [ openssh ];
 
           postInstall = ''
             if [ -d dist/grafana ]; then

@@ -149,7 +149,9 @@ in
     (check "flake: package from Cargo.toml and Cargo.lock, sandbox-only tests skipped" {
       inherit (pkg) pname version checkFlags;
       lock = pkg.cargoLock.lockFile == root + "/Cargo.lock";
+      checkInputs = map (p: p.name) pkg.nativeCheckInputs;
     } {
+      checkInputs = [ "openssh" ];
       pname = "msp-agent";
       inherit (cargoToml.package) version;
       checkFlags = [
@@ -167,6 +169,7 @@ in
       && !(lib.hasPrefix "src/" f)
       && !(lib.hasPrefix "tests/" f)
       && !(lib.hasPrefix "dist/" f)
+      && !(lib.hasPrefix "docs/" f)
       && !(lib.hasPrefix "benches/" f)
       && !(lib.hasPrefix "examples/" f)
       && f != "build.rs"
