@@ -71,8 +71,9 @@ let
     || lib.hasPrefix "127." cfg.listenAddress;
 
   # services.restic.backups.<name>: the unit names have not changed between
-  # releases; the option names have (repository/passwordFile moved into
-  # settings.RESTIC_* after 25.05), so both spellings are read.
+  # releases; the option names have (repository and passwordFile moved into
+  # settings.RESTIC_* in the RFC 42 rework after 25.05), so both spellings are
+  # read.
   resticBackups = if cfg.backups.restic.discover then config.services.restic.backups else { };
   firstSet = xs: lib.findFirst (x: x != null && x != "") null xs;
   resticEnvironment =
@@ -108,11 +109,13 @@ let
   }) (lib.filter (n: !(lib.elem n userBackupNames)) (lib.attrNames resticBackups));
   allBackups = discoveredBackups ++ userBackups;
 
-  # What the module adds to the user's settings; the user's own keys win where
-  # they overlap, except the ones the module owns (asserted below). The secrets
-  # are not named in the file: the agent looks for the credentials
-  # `signing-key` and `s3-credentials` in $CREDENTIALS_DIRECTORY when
-  # evidence.key_file and evidence.s3.credentials_file are unset.
+  # What the module adds to the user's settings; where both set a key the
+  # module's value wins (setting metrics.listen by hand is refused below), and
+  # the user's `backups` entries are kept, each replacing the discovered
+  # backup of its name. The secrets are not named in the file: the agent looks
+  # for the credentials `signing-key` and `s3-credentials` in
+  # $CREDENTIALS_DIRECTORY when evidence.key_file and evidence.s3.credentials_file
+  # are unset.
   derivedSettings = lib.foldl' lib.recursiveUpdate { } [
     { metrics.listen = listen; }
     (optionalAttrs (allBackups != [ ]) { backups = allBackups; })

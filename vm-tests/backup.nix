@@ -15,7 +15,7 @@ pkgs.testers.runNixOSTest {
   nodes.agent =
     { options, pkgs, ... }:
     let
-      # nixos-25.11 moved repository and passwordFile into settings.RESTIC_*;
+      # repository and passwordFile moved into settings.RESTIC_* after 25.05;
       # the test reads which spelling this nixpkgs has.
       newSpelling = (options.services.restic.backups.type.getSubOptions [ ]) ? settings;
     in

@@ -148,7 +148,7 @@ let
         listenAddress = "0.0.0.0";
         openFirewall = true;
       };
-      # One backup in the 25.11-and-later spelling, one in the older one.
+      # One backup in the newer settings.RESTIC_* spelling, one in the older one.
       services.restic.backups = {
         local = {
           user = "root";
@@ -501,11 +501,11 @@ let
     )
     [
       {
-        label = "option names before 25.11";
+        label = "repository and passwordFile";
         c = vmBackupOlder;
       }
       {
-        label = "settings.RESTIC_* of 25.11";
+        label = "settings.RESTIC_*";
         c = vmBackup2511;
       }
     ];

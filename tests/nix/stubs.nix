@@ -173,7 +173,7 @@ in
     };
   };
 
-  # services.restic.backups as nixos-25.11 declares it: settings.RESTIC_*.
+  # services.restic.backups as the RFC 42 rework declares it: settings.RESTIC_*.
   resticSettings = {
     options.services.restic.backups = mkOption {
       type = types.attrsOf (
