@@ -115,7 +115,7 @@ def measure_detection(machine, kills: int, timeout: float = 30) -> dict:
         if previous:
             seen.add(previous["id"])
         killed_at = now_us(machine)
-        machine.succeed("systemctl kill -s KILL demo.service")
+        machine.succeed("systemctl kill --kill-who=main -s KILL demo.service")
 
         deadline = time.monotonic() + timeout
         while True:

@@ -35,15 +35,18 @@ def scenario_config_typo_refused(machine) -> None:
     assert names_line(out, line), f"check-config does not name line {line}:\n{out}"
 
     cursor = journal_cursor(machine)
+    entered_before = machine.get_unit_info(AGENT)["ActiveEnterTimestampMonotonic"]
     status, out = machine.execute(f"timeout 60 systemctl start {AGENT} 2>&1")
     assert status != 0, f"the agent started with `{TYPO}` in its config"
 
-    def settled():
-        state = machine.get_unit_info(AGENT)["ActiveState"]
-        return state if state in ("failed", "inactive") else None
+    def gave_up():
+        info = machine.get_unit_info(AGENT)
+        return info["ActiveState"] in ("failed", "inactive")
 
-    # With Restart=on-failure the unit may try again, but it must never become active.
-    wait_until(settled, 30, f"{AGENT} to give up")
+    # Restarting does not fix a config: the unit must stop trying, not loop in auto-restart.
+    wait_until(gave_up, 15, f"{AGENT} to give up on the bad config instead of restarting")
+    entered_after = machine.get_unit_info(AGENT)["ActiveEnterTimestampMonotonic"]
+    assert entered_after == entered_before, f"{AGENT} was active with a bad config"
     logged = "\n".join(str(e.get("MESSAGE", "")) for e in journal_entries(machine, cursor)
                        if AGENT in (e.get("_SYSTEMD_UNIT"), e.get("UNIT")))
     assert TYPO in logged, f"the journal of {AGENT} does not name `{TYPO}`:\n{logged}"
