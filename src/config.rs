@@ -46,6 +46,28 @@ pub struct Config {
     pub runbooks: RunbooksConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint; the empty string turns it off.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: Spanned<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9465".to_string())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -311,6 +333,14 @@ impl Config {
                 return Err(invalid(value.span(), key, "must be at least 1".into()));
             }
         }
+        let listen = self.metrics.listen.get_ref();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                self.metrics.listen.span(),
+                "metrics.listen",
+                format!("`{listen}` is not an address:port such as 127.0.0.1:9465 (\"\" turns metrics off)"),
+            ));
+        }
         let sr = &self.runbooks.service_restart;
         if sr.job_timeout.is_zero() {
             return Err(invalid(
@@ -360,6 +390,11 @@ impl Config {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".to_string())
         })
+    }
+
+    /// The metrics endpoint, if turned on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.listen.get_ref().parse().ok()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -491,6 +526,7 @@ global_per_hour = 7
             ),
             ("[limits]\nglobal_per_hour = -1\n", &["line 2", "global_per_hour"]),
             ("[watch]\nunits = []\n", &["watch.units", "empty"]),
+            ("[metrics]\nlisten = \"localhost\"\n", &["config.toml:2", "metrics.listen"]),
         ];
         for (text, expected) in cases {
             check_err(text, expected);

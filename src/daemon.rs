@@ -23,6 +23,7 @@ use crate::decide::limits::{self, History, Limits, Verdict};
 use crate::decide::units::{CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed};
 use crate::events::{IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord};
 use crate::notify;
+use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
 use crate::store::{Store, StoreError};
 use crate::watch::units::{UnitWatcher, WatchEvent};
 
@@ -50,6 +51,7 @@ pub struct Daemon {
     bus_connected: bool,
     started_at: DateTime<Utc>,
     last_status_line: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
@@ -81,6 +83,7 @@ impl Daemon {
             bus_connected: false,
             started_at: Utc::now(),
             last_status_line: String::new(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -103,6 +106,7 @@ impl Daemon {
         let now = Utc::now();
         let interrupted = self.db(move |s| s.close_interrupted_runs(now)).await?;
         for run in &interrupted {
+            self.count_run(run);
             tracing::warn!(
                 incident_id = %run.incident_id, runbook = %run.runbook, unit = %run.target,
                 run_id = %run.run_id,
@@ -121,6 +125,10 @@ impl Daemon {
         let tracker = tokio_util::task::TaskTracker::new();
         let watch_cancel = cancel.child_token();
         tracker.spawn(watcher.run(watch_cancel.clone()));
+        if let Some(addr) = self.config.metrics_addr() {
+            tracker.spawn(crate::report::metrics::serve(self.metrics.clone(), addr, watch_cancel.clone()));
+        }
+        self.update_open_gauges();
 
         let mut run_rx = self.run_rx.take().expect("run receiver");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -138,6 +146,8 @@ impl Daemon {
                     Some(WatchEvent::Connected { units }) => {
                         self.watched_units = units;
                         self.bus_connected = true;
+                        self.metrics.watched_units.set(units as i64);
+                        self.metrics.bus_connected.set(1);
                         if !ready {
                             ready = true;
                             let line = self.status_line();
@@ -146,9 +156,14 @@ impl Daemon {
                         }
                         self.write_status("running").await;
                     }
-                    Some(WatchEvent::Tracking { units }) => self.watched_units = units,
+                    Some(WatchEvent::Tracking { units }) => {
+                        self.watched_units = units;
+                        self.metrics.watched_units.set(units as i64);
+                    }
                     Some(WatchEvent::Disconnected { error }) => {
                         self.bus_connected = false;
+                        self.metrics.bus_connected.set(0);
+                        self.metrics.bus_reconnects.inc();
                         notify::status(&format!("system bus lost ({error}); reconnecting"));
                         self.write_status("running").await;
                     }
@@ -244,6 +259,33 @@ impl Daemon {
         if let Err(e) = self.db(move |s| s.set_status(&pairs)).await {
             tracing::warn!(error = %e, "cannot write the agent status");
         }
+        if let Ok(n) = self.db(|s| s.outbox_len()).await {
+            self.metrics.evidence_pending.set(n as i64);
+        }
+    }
+
+    fn update_open_gauges(&self) {
+        let count = |st: IncidentState| self.engine.open_incidents().filter(|i| i.state == st).count() as i64;
+        self.metrics.set_open(&[
+            ("firing", count(IncidentState::Firing)),
+            ("flapping", count(IncidentState::Flapping)),
+            ("needs_human", count(IncidentState::NeedsHuman)),
+        ]);
+    }
+
+    fn count_run(&self, run: &RunbookRun) {
+        self.metrics
+            .remediations
+            .get_or_create(&RunLabels { runbook: run.runbook.clone(), outcome: run.outcome.as_str().to_string() })
+            .inc();
+        if let Some(f) = run.finished_at {
+            if matches!(run.outcome, RunOutcome::Success | RunOutcome::Failed | RunOutcome::Interrupted) {
+                self.metrics
+                    .remediation_duration
+                    .get_or_create(&RunbookLabel { runbook: run.runbook.clone() })
+                    .observe((f - run.started_at).num_milliseconds() as f64 / 1000.0);
+            }
+        }
     }
 
     fn new_incident_id() -> String {
@@ -290,6 +332,13 @@ impl Daemon {
                 t.reason
             )
         });
+        if t.from.is_none() {
+            self.metrics
+                .incidents_opened
+                .get_or_create(&IncidentLabels { check: t.check.clone(), severity: t.severity.clone() })
+                .inc();
+        }
+        self.update_open_gauges();
         if t.to == IncidentState::Resolved {
             self.deferred.remove(&t.incident_id);
             self.pending_decisions.remove(&t.incident_id);
@@ -429,6 +478,7 @@ impl Daemon {
                     steps: vec![],
                     rate_limit: decisions,
                 };
+                self.count_run(&run);
                 self.db(move |s| s.finish_run(&run)).await?;
                 let reason = format!(
                     "rate limit `{}` refused {} on {} ({} runs in {}s, global {} of {} per hour): a person must look",
@@ -475,6 +525,7 @@ impl Daemon {
             }],
             rate_limit: vec![],
         };
+        self.count_run(&run);
         self.db(move |s| s.finish_run(&run)).await?;
         Ok(())
     }
@@ -529,6 +580,7 @@ impl Daemon {
 
     async fn on_run_done(&mut self, run: RunbookRun) -> anyhow::Result<()> {
         self.in_flight.remove(&run.target);
+        self.count_run(&run);
         let r = run.clone();
         self.db(move |s| s.finish_run(&r)).await?;
         let span = tracing::info_span!("incident", incident_id = %run.incident_id, unit = %run.target,

@@ -10,5 +10,6 @@ pub mod events;
 pub mod logging;
 pub mod notify;
 pub mod polkit;
+pub mod report;
 pub mod store;
 pub mod watch;

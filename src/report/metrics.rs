@@ -1,0 +1,231 @@
+//! Prometheus metrics and the HTTP endpoint that serves them.
+//!
+//! The daemon updates these as it records transitions and runs; nothing here
+//! decides anything. The endpoint failing to bind is logged and survived: the
+//! agent's real work does not depend on being scraped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IncidentLabels {
+    pub check: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub runbook: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunbookLabel {
+    pub runbook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub incidents_opened: Family<IncidentLabels, Counter>,
+    pub incidents_open: Family<StateLabels, Gauge>,
+    pub remediations: Family<RunLabels, Counter>,
+    pub remediation_duration: Family<RunbookLabel, Histogram>,
+    pub watched_units: Gauge,
+    pub bus_connected: Gauge,
+    pub bus_reconnects: Counter,
+    pub evidence_pending: Gauge,
+    pub build_info: Family<VersionLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("msp_agent");
+        let incidents_opened = Family::<IncidentLabels, Counter>::default();
+        registry.register(
+            "incidents_opened",
+            "Incidents opened, by check and severity",
+            incidents_opened.clone(),
+        );
+        let incidents_open = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "incidents_open",
+            "Incidents not resolved, by state",
+            incidents_open.clone(),
+        );
+        let remediations = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "remediations",
+            "Runbook runs and refusals, by runbook and outcome",
+            remediations.clone(),
+        );
+        let remediation_duration = Family::<RunbookLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.25, 2.0, 10))
+        });
+        registry.register(
+            "remediation_duration_seconds",
+            "Duration of runbook runs",
+            remediation_duration.clone(),
+        );
+        let watched_units = Gauge::default();
+        registry.register("watched_units", "Units the agent follows", watched_units.clone());
+        let bus_connected = Gauge::default();
+        registry.register(
+            "system_bus_connected",
+            "1 while the agent holds a connection to the system bus",
+            bus_connected.clone(),
+        );
+        let bus_reconnects = Counter::default();
+        registry.register(
+            "system_bus_losses",
+            "Times the system bus connection was lost",
+            bus_reconnects.clone(),
+        );
+        let evidence_pending = Gauge::default();
+        registry.register(
+            "evidence_events_pending",
+            "Incident transitions and runs recorded but not yet sealed as evidence",
+            evidence_pending.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register("build_info", "The agent's version", build_info.clone());
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1.0);
+        Arc::new(Metrics {
+            registry,
+            incidents_opened,
+            incidents_open,
+            remediations,
+            remediation_duration,
+            watched_units,
+            bus_connected,
+            bus_reconnects,
+            evidence_pending,
+            build_info,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// Sets the open-incident gauges from a full count (every state present).
+    pub fn set_open(&self, counts: &[(&str, i64)]) {
+        for (state, n) in counts {
+            self.incidents_open
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(*n);
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `cancel`.
+pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr, cancel: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %addr, error = %e,
+                "cannot listen for metrics (check [metrics] listen); running without the endpoint");
+            return;
+        }
+    };
+    tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.encode())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    };
+                    resp
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_families() {
+        let m = Metrics::new();
+        m.incidents_opened
+            .get_or_create(&IncidentLabels {
+                check: "unit_failed".into(),
+                severity: "critical".into(),
+            })
+            .inc();
+        m.remediations
+            .get_or_create(&RunLabels {
+                runbook: "RB-SERVICE-001".into(),
+                outcome: "success".into(),
+            })
+            .inc();
+        m.set_open(&[("firing", 2), ("needs_human", 1)]);
+        let text = m.encode();
+        for line in [
+            r#"msp_agent_incidents_opened_total{check="unit_failed",severity="critical"} 1"#,
+            r#"msp_agent_remediations_total{runbook="RB-SERVICE-001",outcome="success"} 1"#,
+            r#"msp_agent_incidents_open{state="firing"} 2"#,
+            r#"msp_agent_build_info{version=""#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
