@@ -189,10 +189,12 @@ class Machine:
             self.root = build_rootfs()
         if not self.persistent:
             self._register_cleanup()
+            self.reap_stale_runs()
         t0 = time.monotonic()
         if self.root_dir.exists():
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_state()  # the owner first, so a run killed while copying is found stale
         # A private copy per run: the cached root is never written to. --reflink makes
         # this instant where the file system can share blocks.
         subprocess.run(["cp", "-a", "--reflink=auto", str(self.root), str(self.root_dir)], check=True)
@@ -245,7 +247,36 @@ class Machine:
 
     def _write_state(self) -> None:
         self.state_file.write_text(json.dumps(
-            {"name": self.name, "nspawn_pid": self.nspawn_pid, "init_pid": self.init_pid}))
+            {"name": self.name, "nspawn_pid": self.nspawn_pid, "init_pid": self.init_pid,
+             "owner_pid": None if self.persistent else os.getpid()}))
+
+    @staticmethod
+    def reap_stale_runs(runs_dir: Path = CACHE_DIR / "runs") -> None:
+        """Remove containers of bench runs whose process died without cleaning up (SIGKILL)."""
+        if not runs_dir.is_dir():
+            return
+        own_ns = os.readlink("/proc/self/ns/pid")
+        for run in runs_dir.iterdir():
+            try:
+                state = json.loads((run / "machine.json").read_text())
+            except (OSError, ValueError):
+                state = {}
+            owner = state.get("owner_pid")
+            if owner is None and state:
+                continue  # persistent: not ours to remove
+            if owner and _alive(owner):
+                continue
+            if not state and time.time() - run.stat().st_mtime < 600:
+                continue  # maybe a run still booting
+            init = state.get("init_pid")
+            # Only a PID that still is a container's init: PIDs are reused.
+            with contextlib.suppress(OSError):
+                if (_alive(init) and os.readlink(f"/proc/{init}/ns/pid") != own_ns
+                        and Path(f"/proc/{init}/comm").read_text().strip() in ("systemd", "init")):
+                    os.kill(init, signal.SIGKILL)
+                    time.sleep(0.5)
+            log(f"removing stale bench run {run}")
+            subprocess.run(["rm", "-rf", "--one-file-system", str(run)], check=False)
 
     def _find_init(self) -> int:
         """The container's PID 1 is the nspawn child in a new PID namespace running systemd."""
