@@ -1,2 +1,3 @@
 //! msp-agent: watch → decide → act → prove → report.
 pub mod events;
+pub mod prove;
