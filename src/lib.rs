@@ -10,6 +10,7 @@ pub mod events;
 pub mod logging;
 pub mod notify;
 pub mod polkit;
+pub mod prove;
 pub mod report;
 pub mod store;
 pub mod watch;
