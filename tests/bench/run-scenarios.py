@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "vm-tests"))
 
