@@ -58,6 +58,19 @@ pub fn status(db: &Path, json: bool) -> anyhow::Result<()> {
     writeln!(out, "  dry run:     {}", get("dry_run"))?;
     writeln!(out, "  in flight:   {} runbook(s)", get("runbooks_in_flight"))?;
     writeln!(out, "  evidence:    {pending} event(s) waiting to be sealed")?;
+    if let Some(ev) = kv.get("evidence").and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()) {
+        writeln!(
+            out,
+            "               last bundle #{}, {} not yet in the bucket, bucket WORM: {}",
+            ev["last_seq"], ev["spool_depth"], ev["worm"].as_str().unwrap_or("?")
+        )?;
+        if ev["spool_alarm"] == true {
+            writeln!(out, "               ALARM: the spool is nearly full ({} of {} bytes)", ev["spool_bytes"], ev["spool_max_bytes"])?;
+        }
+        if let Some(err) = ev["last_error"].as_str() {
+            writeln!(out, "               last upload error: {err}")?;
+        }
+    }
     writeln!(out)?;
     if open.is_empty() {
         writeln!(out, "No open incidents.")?;

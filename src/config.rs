@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub evidence: crate::prove::EvidenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -356,6 +358,25 @@ impl Config {
                 "must be longer than 0s".into(),
             ));
         }
+        if let Some(s3) = &self.evidence.s3 {
+            if s3.bucket.trim().is_empty() {
+                return Err(invalid(find_key(text, "bucket"), "evidence.s3.bucket", "is empty".into()));
+            }
+            if s3.retention_days == 0 {
+                return Err(invalid(
+                    find_key(text, "retention_days"),
+                    "evidence.s3.retention_days",
+                    "must be at least 1: objects are locked until upload time plus this many days".into(),
+                ));
+            }
+        }
+        if self.evidence.spool_alarm_percent == 0 || self.evidence.spool_alarm_percent > 100 {
+            return Err(invalid(
+                find_key(text, "spool_alarm_percent"),
+                "evidence.spool_alarm_percent",
+                "must be between 1 and 100".into(),
+            ));
+        }
         if let Some(h) = &self.agent.hostname {
             if h.is_empty() || h.contains(['/', ' ']) {
                 return Err(invalid(
@@ -527,6 +548,8 @@ global_per_hour = 7
             ("[limits]\nglobal_per_hour = -1\n", &["line 2", "global_per_hour"]),
             ("[watch]\nunits = []\n", &["watch.units", "empty"]),
             ("[metrics]\nlisten = \"localhost\"\n", &["config.toml:2", "metrics.listen"]),
+            ("[evidence.s3]\nbucket = \"b\"\nretention_days = 0\n", &["config.toml:3", "evidence.s3.retention_days"]),
+            ("[evidence.s3]\nbuckt = \"b\"\n", &["line 2", "buckt"]),
         ];
         for (text, expected) in cases {
             check_err(text, expected);

@@ -23,6 +23,7 @@ use crate::decide::limits::{self, History, Limits, Verdict};
 use crate::decide::units::{CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed};
 use crate::events::{IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord};
 use crate::notify;
+use crate::prove::{Evidence, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
 use crate::store::{Store, StoreError};
 use crate::watch::units::{UnitWatcher, WatchEvent};
@@ -52,6 +53,9 @@ pub struct Daemon {
     started_at: DateTime<Utc>,
     last_status_line: String,
     metrics: Arc<Metrics>,
+    evidence: Evidence,
+    evidence_wake: Arc<tokio::sync::Notify>,
+    uploads_seen: (u64, u64),
 }
 
 impl Daemon {
@@ -60,6 +64,14 @@ impl Daemon {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
         let store = Store::open(&config.db_path())?;
+        let evidence = Evidence::open(&config.evidence, state_dir, &config.hostname(), VERSION)
+            .context("cannot open the evidence spool")?;
+        tracing::info!(
+            key_id = %evidence.key_id(),
+            spool = %evidence.spool_dir().display(),
+            "evidence: signing with {}",
+            evidence.public_key_openssh()
+        );
         let engine = Engine::new(EngineConfig {
             flap_window: config.incidents.flap_window,
             flap_threshold: *config.incidents.flap_threshold.get_ref(),
@@ -84,6 +96,9 @@ impl Daemon {
             started_at: Utc::now(),
             last_status_line: String::new(),
             metrics: Metrics::new(),
+            evidence,
+            evidence_wake: Arc::new(tokio::sync::Notify::new()),
+            uploads_seen: (0, 0),
         })
     }
 
@@ -125,6 +140,20 @@ impl Daemon {
         let tracker = tokio_util::task::TaskTracker::new();
         let watch_cancel = cancel.child_token();
         tracker.spawn(watcher.run(watch_cancel.clone()));
+        // Evidence: the sealer drains the outbox into signed bundles; the uploader
+        // drains the spool into the bucket. They stop last, after runs are recorded.
+        let evidence_cancel = CancellationToken::new();
+        tracker.spawn(seal_outbox(
+            self.store.clone(),
+            self.evidence.clone(),
+            self.evidence_wake.clone(),
+            evidence_cancel.clone(),
+        ));
+        if let Some(s3) = self.config.evidence.s3.clone() {
+            tracker.spawn(crate::prove::upload::run(self.evidence.clone(), s3, evidence_cancel.clone()));
+        } else {
+            tracing::info!("evidence: no [evidence.s3]; bundles stay in the local spool");
+        }
         if let Some(addr) = self.config.metrics_addr() {
             tracker.spawn(crate::report::metrics::serve(self.metrics.clone(), addr, watch_cancel.clone()));
         }
@@ -219,7 +248,9 @@ impl Daemon {
             run.finished_at = Some(Utc::now());
             let r = run.clone();
             self.db(move |s| s.finish_run(&r)).await?;
+        self.evidence_wake.notify_one();
         }
+        evidence_cancel.cancel();
         tracker.close();
         tracker.wait().await;
         self.write_status("stopped").await;
@@ -241,7 +272,7 @@ impl Daemon {
         )
     }
 
-    async fn write_status(&self, state: &str) {
+    async fn write_status(&mut self, state: &str) {
         let pairs = vec![
             ("state", state.to_string()),
             ("pid", std::process::id().to_string()),
@@ -262,6 +293,16 @@ impl Daemon {
         if let Ok(n) = self.db(|s| s.outbox_len()).await {
             self.metrics.evidence_pending.set(n as i64);
         }
+        let stats = self.evidence.stats();
+        self.metrics.evidence_spool_depth.set(stats.spool_depth as i64);
+        self.metrics.evidence_last_seq.set(stats.last_seq as i64);
+        self.metrics.evidence_worm.set(i64::from(stats.worm == WormStatus::Enabled));
+        let (up, fail) = self.uploads_seen;
+        self.metrics.evidence_uploaded.inc_by(stats.uploaded.saturating_sub(up));
+        self.metrics.evidence_upload_failures.inc_by(stats.upload_failures.saturating_sub(fail));
+        self.uploads_seen = (stats.uploaded, stats.upload_failures);
+        let pairs = vec![("evidence", serde_json::to_string(&stats).unwrap_or_default())];
+        let _ = self.db(move |s| s.set_status(&pairs)).await;
     }
 
     fn update_open_gauges(&self) {
@@ -321,6 +362,7 @@ impl Daemon {
         let span = tracing::info_span!("incident", incident_id = %t.incident_id, unit = %t.target);
         let r = t.clone();
         self.db(move |s| s.apply_transition(&r, detected_at)).await?;
+        self.evidence_wake.notify_one();
         span.in_scope(|| {
             tracing::info!(
                 check = %t.check,
@@ -480,6 +522,7 @@ impl Daemon {
                 };
                 self.count_run(&run);
                 self.db(move |s| s.finish_run(&run)).await?;
+                self.evidence_wake.notify_one();
                 let reason = format!(
                     "rate limit `{}` refused {} on {} ({} runs in {}s, global {} of {} per hour): a person must look",
                     decision.rule, service_restart::RUNBOOK_ID, inc.target,
@@ -527,6 +570,7 @@ impl Daemon {
         };
         self.count_run(&run);
         self.db(move |s| s.finish_run(&run)).await?;
+                self.evidence_wake.notify_one();
         Ok(())
     }
 
@@ -583,6 +627,7 @@ impl Daemon {
         self.count_run(&run);
         let r = run.clone();
         self.db(move |s| s.finish_run(&r)).await?;
+        self.evidence_wake.notify_one();
         let span = tracing::info_span!("incident", incident_id = %run.incident_id, unit = %run.target,
             runbook = %run.runbook);
         let _e = span.enter();
@@ -606,4 +651,69 @@ impl Daemon {
 /// The state directory to use for a CLI command.
 pub fn state_db(config: &Config) -> PathBuf {
     config.db_path()
+}
+
+/// Seals outbox events into evidence bundles, in order, until `cancel`; then
+/// drains once more so that everything recorded before the stop is sealed.
+/// A row leaves the outbox only after its bundle is durable, so a crash in
+/// between seals that event again at the next start (at least once, never lost).
+async fn seal_outbox(
+    store: Arc<Mutex<Store>>,
+    evidence: Evidence,
+    wake: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = wake.notified() => false,
+            _ = tokio::time::sleep(Duration::from_secs(if failing { 5 } else { 1 })) => false,
+        };
+        let (store2, ev2) = (store.clone(), evidence.clone());
+        let result = tokio::task::spawn_blocking(move || drain_outbox(&store2, &ev2))
+            .await
+            .unwrap_or_else(|e| Err(format!("sealer panicked: {e}")));
+        match result {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("evidence sealing works again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "cannot seal evidence; events stay queued in the state database and are retried");
+                }
+                failing = true;
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn drain_outbox(store: &Mutex<Store>, evidence: &Evidence) -> Result<usize, String> {
+    let mut sealed = 0;
+    loop {
+        let rows = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outbox(256)
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(sealed);
+        }
+        for (id, event) in rows {
+            let s = evidence.record(&event).map_err(|e| e.to_string())?;
+            store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .outbox_done(id)
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(incident_id = %s.incident_id, seq = s.seq, "evidence sealed");
+            sealed += 1;
+        }
+    }
 }

@@ -60,6 +60,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check evidence bundles: signatures, sequence, hash chain, and (S3) retention.
+    Verify(msp_agent::prove::cli::VerifyArgs),
+    /// Print the evidence signing key and its allowed_signers line.
+    Pubkey(msp_agent::prove::cli::PubkeyArgs),
     /// Print the polkit rule that lets the agent's user restart exactly the remediable units.
     PolkitRule {
         #[arg(long, short)]
@@ -112,6 +116,20 @@ fn main() -> ExitCode {
         Command::Silence { target, duration, reason, config } => {
             with_config(config.as_deref(), |c| cli::silence(&c.db_path(), &target, duration, &reason))
         }
+        Command::Verify(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("msp-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(msp_agent::prove::cli::verify(args)) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Pubkey(args) => msp_agent::prove::cli::pubkey(args),
         Command::PolkitRule { config, user } => match load(config.as_deref()) {
             Ok((c, source)) => {
                 print!("{}", polkit::rule(&c, &user, &source));

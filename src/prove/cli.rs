@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::keys::{self, TrustedKeys};
 use super::verify::{self, Options, Report};
-use super::{EvidenceConfig, local, s3};
+use super::{local, s3};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
@@ -166,17 +166,11 @@ fn read_public(path: &Path) -> anyhow::Result<ssh_key::PublicKey> {
     Ok(trusted.keys[0].key.clone())
 }
 
-/// The key the agent would use with this configuration, and the configured host name.
+/// The key the agent would use with this configuration, and its host name.
 fn key_path_from_config(path: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    let value: toml::Table = toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-    let evidence: EvidenceConfig = match value.get("evidence") {
-        Some(v) => v.clone().try_into().with_context(|| format!("config {}: [evidence]", path.display()))?,
-        None => EvidenceConfig::default(),
-    };
-    let state_dir = value.get("state_dir").and_then(|v| v.as_str()).unwrap_or("/var/lib/msp-agent");
-    let host = value.get("host").and_then(|v| v.as_str()).map(str::to_owned);
-    if let Some(k) = evidence.key_file {
+    let config = crate::config::Config::load(path)?;
+    let host = Some(config.hostname());
+    if let Some(k) = config.evidence.key_file {
         return Ok((k, host));
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
@@ -185,7 +179,7 @@ fn key_path_from_config(path: &Path) -> anyhow::Result<(PathBuf, Option<String>)
             return Ok((p, host));
         }
     }
-    let p = keys::generated_key_path(Path::new(state_dir));
+    let p = keys::generated_key_path(&config.agent.state_dir);
     anyhow::ensure!(
         p.exists(),
         "no signing key yet at {} (the agent generates it at first start; or set evidence.key_file)",

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub bus_connected: Gauge,
     pub bus_reconnects: Counter,
     pub evidence_pending: Gauge,
+    pub evidence_spool_depth: Gauge,
+    pub evidence_last_seq: Gauge,
+    pub evidence_worm: Gauge,
+    pub evidence_uploaded: Counter,
+    pub evidence_upload_failures: Counter,
     pub build_info: Family<VersionLabel, Gauge<f64, AtomicU64>>,
 }
 
@@ -108,6 +113,36 @@ impl Metrics {
             "Incident transitions and runs recorded but not yet sealed as evidence",
             evidence_pending.clone(),
         );
+        let evidence_spool_depth = Gauge::default();
+        registry.register(
+            "evidence_spool_depth",
+            "Evidence bundles durable locally but not yet in the bucket",
+            evidence_spool_depth.clone(),
+        );
+        let evidence_last_seq = Gauge::default();
+        registry.register(
+            "evidence_last_sequence",
+            "Sequence number of the newest sealed evidence bundle",
+            evidence_last_seq.clone(),
+        );
+        let evidence_worm = Gauge::default();
+        registry.register(
+            "evidence_worm_enabled",
+            "1 when the bucket was seen with Object Lock enabled and uploads are locked",
+            evidence_worm.clone(),
+        );
+        let evidence_uploaded = Counter::default();
+        registry.register(
+            "evidence_uploaded",
+            "Evidence bundles uploaded to the bucket",
+            evidence_uploaded.clone(),
+        );
+        let evidence_upload_failures = Counter::default();
+        registry.register(
+            "evidence_upload_failures",
+            "Failed evidence upload attempts",
+            evidence_upload_failures.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge<f64, AtomicU64>>::default();
         registry.register("build_info", "The agent's version", build_info.clone());
         build_info
@@ -125,6 +160,11 @@ impl Metrics {
             bus_connected,
             bus_reconnects,
             evidence_pending,
+            evidence_spool_depth,
+            evidence_last_seq,
+            evidence_worm,
+            evidence_uploaded,
+            evidence_upload_failures,
             build_info,
         })
     }
