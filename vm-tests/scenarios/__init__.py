@@ -17,6 +17,7 @@ Each scenario resets the agent's state and config itself, so they run in any ord
 
 from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
+from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
 from .polkit_rule import scenario_polkit_rule_scopes_restarts
 from .service_restart import scenario_service_restart
@@ -27,6 +28,7 @@ ALL = [
     scenario_crash_loop_survives_agent_restart,
     scenario_config_typo_refused,
     scenario_polkit_rule_scopes_restarts,
+    scenario_evidence_sealed_and_verifiable,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]
