@@ -15,6 +15,9 @@ What a machine must provide before a scenario runs:
 Each scenario resets the agent's state and config itself, so they run in any order.
 """
 
+from .agent_stop_mid_runbook import (scenario_sigkill_mid_runbook_not_done_twice,
+                                     scenario_sigterm_finishes_runbook_in_flight)
+from .bus_restart import scenario_bus_restart_survived
 from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
 from .evidence_local import scenario_evidence_sealed_and_verifiable
@@ -29,6 +32,9 @@ ALL = [
     scenario_config_typo_refused,
     scenario_polkit_rule_scopes_restarts,
     scenario_evidence_sealed_and_verifiable,
+    scenario_bus_restart_survived,
+    scenario_sigterm_finishes_runbook_in_flight,
+    scenario_sigkill_mid_runbook_not_done_twice,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]
