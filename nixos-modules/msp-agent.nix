@@ -1,14 +1,18 @@
 # services.msp-agent: the host agent that heals routine failures (a crashed
-# unit, a full disk, a failed backup) within rate limits and proves it with
-# signed evidence.
+# unit, a failed backup unit) within rate limits and proves it with signed
+# evidence.
 #
 # What this module owns: the static service user, the config file rendered from
 # `settings` (RFC 42), the secrets (handed over as systemd credentials, never
 # written to the Nix store), the polkit rule that lets the agent's user start or
-# restart exactly the units its configuration names, the root helper units for
-# the privileged runbook steps, and the sandbox (./unit.nix, shared with the
-# plain unit file in dist/systemd/). It discovers services.restic.backups on its
-# own. docs/nixos.md is the guide; docs/config.md the file format.
+# restart exactly the units its configuration remediates, and the sandbox
+# (./unit.nix, shared with the plain unit file in dist/systemd/). It discovers
+# services.restic.backups on its own and watches their units like any other.
+# docs/nixos.md is the guide; docs/config.md the file format.
+#
+# The agent refuses unknown keys, so the module renders only sections the agent
+# reads: [agent], [[watch.units]], [incidents], [runbooks.service_restart],
+# [limits], [metrics] and [evidence]; `checkConfig` proves it at build time.
 {
   config,
   lib,
@@ -23,8 +27,8 @@ let
     mkIf
     mkOption
     mkPackageOption
+    mkRemovedOptionModule
     optional
-    optionalAttrs
     types
     ;
 
@@ -36,9 +40,7 @@ let
   user = unit.service.User;
   unitName = "msp-agent.service";
   configPath = "/etc/msp-agent/config.toml";
-  freeDiskUnit = "msp-agent-free-disk.service";
   backupUnit = name: "restic-backups-${name}.service";
-  unlockUnitBase = name: "msp-agent-restic-unlock-${name}";
 
   # A file that must stay out of the world-readable store: an absolute path as a
   # string (a path literal such as ./key would be copied into the store).
@@ -65,62 +67,45 @@ let
       "[${cfg.listenAddress}]:${toString cfg.port}"
     else
       "${cfg.listenAddress}:${toString cfg.port}";
-  isLoopback =
-    cfg.listenAddress == "localhost"
-    || cfg.listenAddress == "::1"
-    || lib.hasPrefix "127." cfg.listenAddress;
+  isLoopback = cfg.listenAddress == "::1" || lib.hasPrefix "127." cfg.listenAddress;
+  # The agent parses `listen` as a socket address: an IP literal, no host name.
+  isIPLiteral =
+    a:
+    builtins.match "[0-9]{1,3}([.][0-9]{1,3}){3}" a != null
+    || (lib.hasInfix ":" a && builtins.match "[0-9a-fA-F:.]+" a != null);
 
-  # services.restic.backups.<name>: the unit names have not changed between
-  # releases; the option names have (repository and passwordFile moved into
-  # settings.RESTIC_* in the RFC 42 rework after 25.05), so both spellings are
-  # read.
+  # services.restic.backups.<name> makes restic-backups-<name>.service, a
+  # oneshot (backup, then forget/prune/check when configured) started by a
+  # timer. Only the unit name is read here: it has not changed between
+  # releases, the option names have.
+  #
+  # Each discovered backup becomes an ordinary watched unit: a failed run opens
+  # an incident and, with backups.restic.remediate, RB-SERVICE-001 starts it
+  # again within the rate limits. The entries come before the user's own, so a
+  # catch-all pattern of the user (first match wins) does not shadow them; a
+  # user entry naming the unit exactly replaces the discovered one.
   resticBackups = if cfg.backups.restic.discover then config.services.restic.backups else { };
-  firstSet = xs: lib.findFirst (x: x != null && x != "") null xs;
-  resticEnvironment =
-    b:
-    lib.filterAttrs (_: v: v != null && v != "") (
-      (lib.mapAttrs (_: v: if v == null then null else toString v) (b.settings or { }))
-      // {
-        RESTIC_REPOSITORY = firstSet [
-          (b.settings.RESTIC_REPOSITORY or null)
-          (b.repository or null)
-        ];
-        RESTIC_REPOSITORY_FILE = firstSet [
-          (b.settings.RESTIC_REPOSITORY_FILE or null)
-          (b.repositoryFile or null)
-        ];
-        RESTIC_PASSWORD_FILE = firstSet [
-          (b.settings.RESTIC_PASSWORD_FILE or null)
-          (b.passwordFile or null)
-        ];
-      }
-    );
-
-  userBackups = cfg.settings.backups or [ ];
-  userBackupNames = map (b: b.name or null) userBackups;
-  discoveredBackups = map (name: {
-    inherit name;
-    unit = backupUnit name;
-    max_age = cfg.backups.restic.maxAge;
+  userUnits = cfg.settings.watch.units;
+  userNames = map (u: u.pattern) (lib.filter (u: !helpers.isGlob u.pattern) userUnits);
+  backupUnits = map (name: {
+    pattern = backupUnit name;
     remediate = cfg.backups.restic.remediate;
-  }
-  // optionalAttrs cfg.backups.restic.unlockStale {
-    unlock_unit = "${unlockUnitBase name}.service";
-  }) (lib.filter (n: !(lib.elem n userBackupNames)) (lib.attrNames resticBackups));
-  allBackups = discoveredBackups ++ userBackups;
+    expect_active = false;
+  }) (lib.filter (name: !(lib.elem (backupUnit name) userNames)) (lib.attrNames resticBackups));
+
+  # The one list of watched units: the rendered [[watch.units]], the polkit
+  # rule and the assertions all read it.
+  watchUnits = backupUnits ++ userUnits;
 
   # What the module adds to the user's settings; where both set a key the
-  # module's value wins (setting metrics.listen by hand is refused below), and
-  # the user's `backups` entries are kept, each replacing the discovered
-  # backup of its name. The secrets are not named in the file: the agent looks
-  # for the credentials `signing-key` and `s3-credentials` in
-  # $CREDENTIALS_DIRECTORY when evidence.key_file and evidence.s3.credentials_file
-  # are unset.
-  derivedSettings = lib.foldl' lib.recursiveUpdate { } [
-    { metrics.listen = listen; }
-    (optionalAttrs (allBackups != [ ]) { backups = allBackups; })
-    (optionalAttrs cfg.runbooks.freeDisk.enable { runbooks.free_disk.helper_unit = freeDiskUnit; })
-  ];
+  # module's value wins (setting metrics.listen by hand is refused below). The
+  # secrets are not named in the file: the agent looks for the credentials
+  # `signing-key` and `s3-credentials` in $CREDENTIALS_DIRECTORY when
+  # evidence.key_file and evidence.s3.credentials_file are unset.
+  derivedSettings = {
+    metrics.listen = listen;
+    watch.units = watchUnits;
+  };
   renderedSettings = stripNulls (lib.recursiveUpdate cfg.settings derivedSettings);
 
   generatedConfig = settingsFormat.generate "msp-agent.toml" renderedSettings;
@@ -133,15 +118,10 @@ let
     else
       generatedConfig;
 
-  # Units the agent may start or restart through polkit.
-  watchUnits = cfg.settings.watch.units;
+  # Units the agent may start or restart through polkit: the remediated
+  # entries of the rendered [[watch.units]], names as names, globs as patterns.
   remediated = lib.filter (u: u.remediate) watchUnits;
-  polkitNames = lib.unique (
-    map (u: u.pattern) (lib.filter (u: !helpers.isGlob u.pattern) remediated)
-    ++ map (b: b.unit or (backupUnit b.name)) (lib.filter (b: b.remediate or false) allBackups)
-    ++ map (b: b.unlock_unit) (lib.filter (b: b ? unlock_unit) allBackups)
-    ++ optional cfg.runbooks.freeDisk.enable freeDiskUnit
-  );
+  polkitNames = lib.unique (map (u: u.pattern) (lib.filter (u: !helpers.isGlob u.pattern) remediated));
   polkitPatterns = lib.unique (map (u: u.pattern) (lib.filter (u: helpers.isGlob u.pattern) remediated));
 
   stateDir = cfg.settings.agent.state_dir;
@@ -208,10 +188,31 @@ let
         default = null;
         description = "COMPLIANCE retention of each bundle, in days (agent default: 2190, six years).";
       };
+      credentials_file = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = ''
+          Leave unset and use
+          {option}`services.msp-agent.evidence.s3.credentialsFile`, which
+          hands the file over as the credential `s3-credentials`.
+        '';
+      };
     };
   };
 in
 {
+  imports = [
+    (mkRemovedOptionModule [ "services" "msp-agent" "backups" "restic" "maxAge" ]
+      "The agent has no backup watcher yet: backup freshness (RPO) comes with it. A failed backup unit already opens an incident."
+    )
+    (mkRemovedOptionModule [ "services" "msp-agent" "backups" "restic" "unlockStale" ]
+      "Clearing a stale restic lock comes with the backup runbook; today a failed backup unit is started again by RB-SERVICE-001."
+    )
+    (mkRemovedOptionModule [ "services" "msp-agent" "runbooks" "freeDisk" ]
+      "The free-disk helper unit comes with the agent's disk runbook, which does not exist yet."
+    )
+  ];
+
   options.services.msp-agent = {
     enable = mkEnableOption "msp-agent, the host agent that heals routine failures and proves it with signed evidence";
 
@@ -284,7 +285,10 @@ in
                 description = ''
                   Watched units, names or glob patterns; the first match wins.
                   Setting this replaces the default, so end the list with
-                  `{ pattern = "*"; }` to keep watching every other unit.
+                  `{ pattern = "*"; }` to keep watching every other unit. The
+                  module puts one entry per discovered restic backup before
+                  these (see {option}`services.msp-agent.backups.restic.discover`);
+                  an entry here that names such a unit exactly replaces it.
                 '';
               };
             };
@@ -299,10 +303,16 @@ in
                   type = types.nullOr types.str;
                   default = null;
                   description = ''
-                    Set by the module when
-                    {option}`services.msp-agent.evidence.signingKeyFile` is
-                    given; leave it unset here.
+                    Leave unset and use
+                    {option}`services.msp-agent.evidence.signingKeyFile`, which
+                    hands the key over as the credential `signing-key`.
                   '';
+                };
+                spool_max_bytes = mkOption {
+                  type = types.nullOr types.ints.positive;
+                  default = null;
+                  example = 536870912;
+                  description = "Upper bound of the local evidence spool, in bytes (agent default: 1 GiB).";
                 };
                 s3 = mkOption {
                   type = types.nullOr s3Type;
@@ -328,13 +338,17 @@ in
     listenAddress = mkOption {
       type = types.str;
       default = "127.0.0.1";
-      description = "Address of the Prometheus metrics endpoint.";
+      example = "::";
+      description = ''
+        IP address of the Prometheus metrics endpoint (`GET /metrics`), an
+        IPv4 or IPv6 literal: the agent takes no host name here.
+      '';
     };
 
     port = mkOption {
       type = types.port;
-      default = 9850;
-      description = "Port of the Prometheus metrics endpoint.";
+      default = 9465;
+      description = "Port of the Prometheus metrics endpoint (the agent's own default).";
     };
 
     openFirewall = mkOption {
@@ -371,55 +385,19 @@ in
       discover = mkOption {
         type = types.bool;
         default = true;
-        description = "Watch every backup of {option}`services.restic.backups`.";
-      };
-      maxAge = mkOption {
-        type = types.str;
-        default = "26h";
-        description = "Allowed age of the newest successful backup (the RPO) of each discovered backup.";
+        description = ''
+          Watch the unit `restic-backups-<name>.service` of every backup of
+          {option}`services.restic.backups`: a failed run opens an incident.
+        '';
       };
       remediate = mkOption {
         type = types.bool;
         default = true;
-        description = "Let the agent re-run a failed backup (RB-BACKUP-001): its unit joins the polkit rule.";
-      };
-      unlockStale = mkOption {
-        type = types.bool;
-        default = false;
         description = ''
-          Define `msp-agent-restic-unlock-<name>.service` for each discovered
-          backup (runs `restic unlock` as the backup's user) and let the agent
-          start it before a re-run.
+          Start a failed backup unit again (RB-SERVICE-001, within the rate
+          limits of `settings.runbooks.service_restart` and `settings.limits`);
+          the unit joins the polkit rule.
         '';
-      };
-    };
-
-    runbooks.freeDisk = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-        description = ''
-          Define ${freeDiskUnit}, the root oneshot that RB-DISK-001 starts:
-          journal vacuum, `systemd-tmpfiles --clean`, Nix garbage collection and
-          the extra paths below, each step best-effort; the agent then measures
-          whether usage fell below the threshold.
-        '';
-      };
-      journalMaxSize = mkOption {
-        type = types.str;
-        default = "500M";
-        description = "`journalctl --vacuum-size=` target.";
-      };
-      nixGcOlderThan = mkOption {
-        type = types.nullOr types.str;
-        default = "14d";
-        description = "`nix-collect-garbage --delete-older-than` argument; null skips the step.";
-      };
-      extraPaths = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-        example = [ "/var/cache/app" ];
-        description = "Directories whose contents are disposable; their contents are deleted.";
       };
     };
 
@@ -462,6 +440,10 @@ in
       {
         assertion = !(cfg.settings ? metrics && cfg.settings.metrics ? listen);
         message = "services.msp-agent.settings.metrics.listen is set by the module; use services.msp-agent.listenAddress and .port, which the firewall option follows.";
+      }
+      {
+        assertion = isIPLiteral cfg.listenAddress;
+        message = "services.msp-agent.listenAddress = \"${cfg.listenAddress}\" is not an IP address; the agent listens on an IPv4 or IPv6 literal such as \"127.0.0.1\" or \"::\".";
       }
       {
         assertion = !(cfg.openFirewall && isLoopback);
@@ -523,78 +505,29 @@ in
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
 
-    systemd.services = {
-      msp-agent = {
-        description = "msp-agent: heals routine failures and records signed evidence";
-        wantedBy = [ "multi-user.target" ];
-        wants = [ "network-online.target" ];
-        after = [ "network-online.target" ];
-        # journalctl for following the journal.
-        path = [ config.systemd.package ];
-        # The agent reads /etc/msp-agent/config.toml, like the CLI and like the
-        # unit of other distributions; a new file restarts it.
-        restartTriggers = [ configFile ];
-        serviceConfig =
-          unit.service
-          // unit.sandbox
-          // {
-            ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
-            StateDirectory = stateDirName;
-            LoadCredential =
-              optional (cfg.evidence.signingKeyFile != null) "signing-key:${cfg.evidence.signingKeyFile}"
-              ++ optional (
-                cfg.evidence.s3.credentialsFile != null
-              ) "s3-credentials:${cfg.evidence.s3.credentialsFile}";
-          };
-      };
-    }
-    // optionalAttrs cfg.runbooks.freeDisk.enable {
-      msp-agent-free-disk = {
-        description = "msp-agent RB-DISK-001: free disk space";
-        # Started by the agent through polkit, never at boot. Root on purpose:
-        # vacuuming the journal and collecting Nix garbage are privileged. '-'
-        # makes each step best-effort; success is the agent's measurement.
-        serviceConfig = {
-          Type = "oneshot";
-          ExecStart =
-            [
-              "-${config.systemd.package}/bin/journalctl --vacuum-size=${cfg.runbooks.freeDisk.journalMaxSize}"
-              "-${config.systemd.package}/bin/systemd-tmpfiles --clean"
-            ]
+    systemd.services.msp-agent = {
+      description = "msp-agent: heals routine failures and records signed evidence";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # journalctl for following the journal.
+      path = [ config.systemd.package ];
+      # The agent reads /etc/msp-agent/config.toml, like the CLI and like the
+      # unit of other distributions; a new file restarts it.
+      restartTriggers = [ configFile ];
+      serviceConfig =
+        unit.service
+        // unit.sandbox
+        // {
+          ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
+          StateDirectory = stateDirName;
+          LoadCredential =
+            optional (cfg.evidence.signingKeyFile != null) "signing-key:${cfg.evidence.signingKeyFile}"
             ++ optional (
-              cfg.runbooks.freeDisk.nixGcOlderThan != null && config.nix.enable
-            ) "-${config.nix.package.out}/bin/nix-collect-garbage --delete-older-than ${cfg.runbooks.freeDisk.nixGcOlderThan}"
-            ++ map (
-              p: "-${pkgs.findutils}/bin/find ${lib.escapeShellArg p} -xdev -mindepth 1 -delete"
-            ) cfg.runbooks.freeDisk.extraPaths;
-          NoNewPrivileges = true;
-          PrivateNetwork = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectClock = true;
-          ProtectHostname = true;
-          RestrictRealtime = true;
-          LockPersonality = true;
+              cfg.evidence.s3.credentialsFile != null
+            ) "s3-credentials:${cfg.evidence.s3.credentialsFile}";
         };
-      };
-    }
-    // optionalAttrs cfg.backups.restic.unlockStale (
-      lib.mapAttrs' (
-        name: b:
-        lib.nameValuePair (unlockUnitBase name) {
-          description = "msp-agent RB-BACKUP-001: remove stale locks of restic backup ${name}";
-          environment = resticEnvironment b;
-          serviceConfig = {
-            Type = "oneshot";
-            User = b.user or "root";
-            ExecStart = "${b.package or pkgs.restic}/bin/restic unlock";
-            NoNewPrivileges = true;
-            PrivateTmp = true;
-          }
-          // optionalAttrs ((b.environmentFile or null) != null) { EnvironmentFile = b.environmentFile; };
-        }
-      ) resticBackups
-    );
+    };
 
     services.grafana.provision = mkIf cfg.grafana.provisionDashboard {
       enable = true;

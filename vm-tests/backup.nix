@@ -1,7 +1,11 @@
 # The agent next to a restic backup made by services.restic.backups, into a
 # repository on the same host. The module must discover the backup on its
-# own, name it in the agent's config and let the agent's user start it; then
-# the shared backup scenarios (a failed backup re-run by RB-BACKUP-001) run.
+# own, watch its unit with remediation in the agent's config and let the
+# agent's user start it; then the shared backup scenarios run (a failed backup
+# unit started again by RB-SERVICE-001).
+#
+# Not in the flake's `checks` until vm-tests/scenarios/ has a backup scenario
+# (vm-tests/groups.nix): without one, run_scenarios fails by design.
 { pkgs, vmTests }:
 
 let
@@ -42,8 +46,6 @@ pkgs.testers.runNixOSTest {
             }
         );
 
-      services.msp-agent.backups.restic.unlockStale = true;
-
       systemd.tmpfiles.rules = [
         "d /var/lib/clinic 0755 root root -"
         "f /var/lib/clinic/records.txt 0644 root root - appointments and invoices"
@@ -53,6 +55,7 @@ pkgs.testers.runNixOSTest {
 
   testScript = ''
     ${vmTests.preamble}
+    import tomllib
 
     AS_AGENT = ("setpriv --reuid=msp-agent --regid=msp-agent --init-groups "
                 "busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 "
@@ -62,17 +65,18 @@ pkgs.testers.runNixOSTest {
     start_all()
     agent.wait_for_unit("msp-agent.service")
 
-    with subtest("the module found the backup and put it into the agent's config"):
-        config = agent.succeed("cat /etc/msp-agent/config.toml")
-        assert 'unit = "restic-backups-clinic.service"' in config, config
-        assert 'unlock_unit = "msp-agent-restic-unlock-clinic.service"' in config, config
+    with subtest("the module found the backup and watches its unit, with remediation"):
+        config = tomllib.loads(agent.succeed("cat /etc/msp-agent/config.toml"))
+        units = config["watch"]["units"]
+        entry = {"pattern": "restic-backups-clinic.service", "remediate": True, "expect_active": False}
+        assert units[0] == entry, units
+        assert units[-1]["pattern"] == "*", units
+        agent.succeed("msp-agent check-config /etc/msp-agent/config.toml")
 
-    with subtest("the agent's user may run the backup and its unlock helper, nothing else"):
+    with subtest("the agent's user may start the backup unit, and do nothing else to it"):
         status, out = agent.execute(AS_AGENT.format(method="StartUnit", unit="restic-backups-clinic.service"))
         assert status == 0, out
         agent.wait_until_succeeds(f"{RESTIC} snapshots --json | jq -e 'length == 1'", timeout=120)
-        status, out = agent.execute(AS_AGENT.format(method="StartUnit", unit="msp-agent-restic-unlock-clinic.service"))
-        assert status == 0, out
         status, out = agent.execute(AS_AGENT.format(method="StopUnit", unit="restic-backups-clinic.service"))
         assert status != 0 and "Interactive authentication required" in out, out
 

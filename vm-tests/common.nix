@@ -7,6 +7,7 @@
 
 let
   inherit (pkgs) lib;
+  vmGroups = import ./groups.nix { inherit lib; };
 
   # Demo units of the bench, unchanged except for the absolute paths of the
   # programs they run, which NixOS does not have under /bin.
@@ -44,8 +45,10 @@ rec {
   ];
 
   # The first lines of every testScript. Which scenarios a test runs is chosen
-  # by a word in their name, so a scenario added to scenarios.ALL runs in the
-  # VM test that has the machines it needs without a change here:
+  # by a word in the name of their file (./groups.nix, which flake.nix also
+  # reads to wire only the tests that have scenarios), so a scenario added to
+  # scenarios.ALL runs in the VM test that has the machines it needs without a
+  # change here:
   #   backup            -> vm-backup (restic)
   #   evidence, s3, spool, tamper, verify -> vm-evidence (MinIO)
   #   disk              -> not run in a VM yet
@@ -56,19 +59,19 @@ rec {
     sys.path.insert(0, "${scenarioRoot}")
     import scenarios  # type: ignore
 
-    GROUPS = {
-        "backup": ("backup",),
-        "evidence": ("evidence", "s3", "spool", "tamper", "verify"),
-        "disk": ("disk",),
-    }
+    # (group, words) in matching order, from vm-tests/groups.nix.
+    GROUPS = ${builtins.toJSON (map (g: [ g.name g.words ]) vmGroups.groups)}
 
 
     def scenarios_of(group):
-        """The shared scenarios that belong to one VM test (see vm-tests/common.nix)."""
+        """The shared scenarios that belong to one VM test (see vm-tests/groups.nix)."""
         def group_of(scenario):
-            for name, words in GROUPS.items():
-                if any(word in scenario.__name__ for word in words):
-                    return name
+            module = scenario.__module__.rsplit(".", 1)[-1]
+            # A scenario defined in the package's __init__.py: its own name.
+            name = scenario.__name__ if module in ("scenarios", "__init__") else module
+            for group_name, words in GROUPS:
+                if any(word in name for word in words):
+                    return group_name
             return "remediation"
         return [s for s in scenarios.ALL if group_of(s) == group]
 
@@ -76,7 +79,7 @@ rec {
     def run_scenarios(machine, group, required=True):
         selected = scenarios_of(group)
         if required and not selected:
-            raise Exception(f"vm-tests/scenarios has no scenario for {group!r} yet ({GROUPS.get(group)})")
+            raise Exception(f"vm-tests/scenarios has no scenario for {group!r} yet (files named for {dict(GROUPS).get(group, 'none of the other groups')})")
         for scenario in selected:
             with subtest(scenario.__name__):
                 scenario(machine)
@@ -85,7 +88,7 @@ rec {
   # The host the agent runs on, with what the scenarios expect: the module,
   # the demo units, a config remediating demo*.service (which puts that
   # pattern into the polkit rule), sqlite3, journalctl, busctl, setpriv,
-  # ssh-keygen.
+  # ssh-keygen, python3.
   agentNode =
     { config, pkgs, ... }:
     {
@@ -93,14 +96,13 @@ rec {
 
       # The scenarios replace /etc/msp-agent/config.toml with their own; the
       # file the module rendered stays here, for a scenario that needs its
-      # [evidence] or [[backups]] tables.
+      # [evidence] table or its [[watch.units]] entries of the discovered
+      # backups.
       environment.etc."msp-agent/rendered.toml".source =
         config.environment.etc."msp-agent/config.toml".source;
 
       services.msp-agent = {
         enable = true;
-        # A test VM's store is an overlay on the host's: no garbage collection.
-        runbooks.freeDisk.nixGcOlderThan = null;
         settings = {
           watch.units = [
             {
@@ -114,11 +116,13 @@ rec {
 
       systemd.units = lib.genAttrs demoUnitNames demoUnit;
 
+      # python3: the evidence scenario alters a spool byte with it.
       environment.systemPackages = [
         pkgs.sqlite
         pkgs.jq
         pkgs.util-linux
         pkgs.openssh
+        pkgs.python3
       ];
 
       virtualisation.memorySize = 1024;
@@ -138,7 +142,11 @@ rec {
         '';
       };
       networking.firewall.allowedTCPPorts = [ s3.port ];
-      environment.systemPackages = [ pkgs.minio-client ];
+      # ssh-keygen: the auditor's check of the bundles fetched from the bucket.
+      environment.systemPackages = [
+        pkgs.minio-client
+        pkgs.openssh
+      ];
 
       systemd.services.evidence-bucket = {
         description = "Evidence bucket with Object Lock";
@@ -162,18 +170,21 @@ rec {
       };
     };
 
-  # The agent's side of the evidence pipeline: its S3 credentials and signing
-  # key written at boot (outside the store) and handed over by the module as
-  # systemd credentials.
+  # The agent's side of the evidence pipeline: its S3 credentials written at
+  # boot (outside the store) and handed over by the module as the systemd
+  # credential `s3-credentials`. The signing key is the one the agent generates
+  # in its state directory: the shared scenarios read it with
+  # `msp-agent pubkey --config`, which from a shell cannot see a key handed
+  # over as the credential `signing-key` (that path is checked by
+  # tests/nix/module.nix, not here).
   evidenceAgent =
-    { pkgs, ... }:
+    { ... }:
     {
       systemd.services.msp-agent-test-secrets = {
         description = "Test secrets of msp-agent";
         wantedBy = [ "multi-user.target" ];
         before = [ "msp-agent.service" ];
         requiredBy = [ "msp-agent.service" ];
-        path = [ pkgs.openssh ];
         serviceConfig = {
           Type = "oneshot";
           RemainAfterExit = true;
@@ -183,14 +194,10 @@ rec {
           umask 077
           printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
             ${s3.user} ${s3.password} > /etc/msp-agent-secrets/s3-credentials
-          if [ ! -e /etc/msp-agent-secrets/signing-key ]; then
-            ssh-keygen -q -t ed25519 -N "" -C msp-agent -f /etc/msp-agent-secrets/signing-key
-          fi
         '';
       };
 
       services.msp-agent = {
-        evidence.signingKeyFile = "/etc/msp-agent-secrets/signing-key";
         evidence.s3.credentialsFile = "/etc/msp-agent-secrets/s3-credentials";
         settings.evidence.s3 = {
           inherit (s3) bucket;

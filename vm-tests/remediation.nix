@@ -1,8 +1,9 @@
 # One NixOS host with the module and the bench's demo units. First what only a
 # NixOS host can show (the sandbox as systemd scores it, the module's polkit
-# rule), then every shared scenario that needs no backup, S3 or disk fixture:
-# a killed service restarted and resolved, a crash loop escalated, the same
-# across an agent restart, a config typo refused, the polkit scope.
+# rule), then every shared scenario of the "remediation" group
+# (vm-tests/groups.nix): a killed service restarted and resolved, a crash loop
+# escalated, the same across an agent restart, a config typo refused, the
+# polkit scope, the system bus restarted, the agent stopped mid-runbook.
 { pkgs, vmTests }:
 
 pkgs.testers.runNixOSTest {
@@ -32,10 +33,6 @@ pkgs.testers.runNixOSTest {
             status, out = agent.execute(AS_AGENT.format(method="StartUnit", unit=unit))
             assert status != 0, f"the agent's user may start {unit}"
             assert "Interactive authentication required" in out, f"{unit}: {out}"
-
-    with subtest("the agent's user may start the free-disk helper"):
-        status, out = agent.execute(AS_AGENT.format(method="StartUnit", unit="msp-agent-free-disk.service"))
-        assert status == 0, out
 
     run_scenarios(agent, "remediation")
   '';

@@ -8,13 +8,17 @@
 #       declarations (tests/nix/module.nix): rendered config file, ExecStart,
 #       credentials, polkit rule, sandbox and assertions; the polkit rule is
 #       run in a JavaScript engine; the rendered unit goes through
-#       `systemd-analyze security --offline` (exposure at most 2.0); and the
-#       plain unit in dist/systemd/ must agree with nixos-modules/unit.nix.
+#       `systemd-analyze security --offline` (exposure at most 2.0); the
+#       plain unit in dist/systemd/ must agree with nixos-modules/unit.nix;
+#       the VM tests wired into the flake's checks are those whose scenarios
+#       the testScripts find; and, with MSP_AGENT_BIN, the agent accepts every
+#       rendered config file.
 # Without nixpkgs.lib, (b) is skipped and says so.
 #
 #   tests/nix/check.sh [NIXPKGS_LIB_PATH]     default: /var/tmp/nixpkgs-lib if present
 #   MSP_AGENT_BIN=target/debug/msp-agent tests/nix/check.sh ...
-#       also runs `msp-agent check-config` on the rendered files.
+#       also runs `msp-agent check-config` on every rendered file; a file the
+#       agent refuses is a failure (tests/run.sh sets MSP_AGENT_BIN).
 #   NIX_INSTANTIATE=CMD tests/nix/check.sh ...
 #       evaluates (b) with another nix-instantiate, e.g. a newer Nix in a chroot
 #       that sees the repository and nixpkgs.lib at the same paths; Nix 2.8
@@ -142,6 +146,7 @@ if ! $nix_eval "${eval_args[@]}" >"$work/module.json" 2>"$work/module.err"; then
 fi
 
 # results, the rendered files, the unit text and the polkit test, one file each
+mkdir -p "$work/configs"
 if ! python3 - "$work" <<'EOF'
 import json, os, sys
 work = sys.argv[1]
@@ -149,13 +154,18 @@ out = json.load(open(os.path.join(work, "module.json")))
 with open(os.path.join(work, "results.tsv"), "w") as f:
     for r in out["results"]:
         f.write("%s\t%s\t%s\n" % ("ok" if r["ok"] else "FAIL", r["name"], "" if r["ok"] else r["detail"].replace("\n", "\\n")))
-for key, name in [("minimalConfig", "minimal.toml"), ("fullConfig", "full.toml"),
-                  ("serviceUnit", "msp-agent.service"), ("polkitTest", "polkit-test.js")]:
+for key, name in [("serviceUnit", "msp-agent.service"), ("polkitTest", "polkit-test.js"),
+                  ("vmPreamble", "preamble.py")]:
     with open(os.path.join(work, name), "w") as f:
         f.write(out[key])
+for name, text in out["configs"].items():
+    with open(os.path.join(work, "configs", name + ".toml"), "w") as f:
+        f.write(text)
 for test, script in out["vmScripts"].items():
     with open(os.path.join(work, "vm-%s.py" % test), "w") as f:
         f.write(script)
+with open(os.path.join(work, "vm-groups.json"), "w") as f:
+    json.dump({"root": out["vmScenarioRoot"], "wired": out["vmWiredGroups"]}, f)
 EOF
 then
   fail "module evaluation: unreadable result"
@@ -186,19 +196,51 @@ else
 fi
 
 # The rendered files are TOML a standard parser reads the same way.
-if out=$(python3 - "$work/minimal.toml" "$work/full.toml" <<'EOF' 2>&1
-import sys, tomllib
-minimal = tomllib.load(open(sys.argv[1], "rb"))
-full = tomllib.load(open(sys.argv[2], "rb"))
+if out=$(python3 - "$work/configs" <<'EOF' 2>&1
+import os, sys, tomllib
+d = sys.argv[1]
+configs = {f[:-5]: tomllib.load(open(os.path.join(d, f), "rb")) for f in os.listdir(d)}
+minimal, full = configs["minimal"], configs["full"]
 assert minimal["watch"]["units"] == [{"pattern": "*", "remediate": False, "expect_active": False}], minimal
-assert [b["name"] for b in full["backups"]] == ["legacy", "local"], full
-assert full["evidence"] == {"s3": {"bucket": "msp-evidence", "endpoint": "http://s3:9000",
-                                   "path_style": True, "prefix": "clinic-01"}}, full
+assert [u["pattern"] for u in full["watch"]["units"]] == [
+    "restic-backups-legacy.service", "restic-backups-local.service",
+    "demo*.service", "nginx.service", "*"], full
+assert all(u["remediate"] for u in full["watch"]["units"][:2]), full
+assert full["metrics"] == {"listen": "0.0.0.0:9465"}, full
+assert full["evidence"] == {"spool_max_bytes": 536870912,
+                            "s3": {"bucket": "msp-evidence", "endpoint": "http://s3:9000",
+                                   "region": "eu-central-1", "path_style": True,
+                                   "retention_days": 2190, "prefix": "clinic-01"}}, full
 EOF
 ); then
-  pass "rendered config files parse as TOML (tomllib) with the intended structure"
+  pass "rendered config files ($(ls "$work/configs" | wc -l)) parse as TOML (tomllib) with the intended structure"
 else
   fail "rendered config files as TOML: $out"
+fi
+
+# The testScripts' scenario selection (Python) and the flake's wiring
+# (vm-tests/groups.nix) agree on vm-tests/scenarios: the groups with at least
+# one scenario are exactly the wired ones.
+if out=$(python3 - "$work" "$root/vm-tests/scenarios" <<'EOF' 2>&1
+import json, os, sys
+work, scenarios_dir = sys.argv[1], sys.argv[2]
+groups = json.load(open(os.path.join(work, "vm-groups.json")))
+os.makedirs(os.path.join(work, "scenario-root"), exist_ok=True)
+os.symlink(scenarios_dir, os.path.join(work, "scenario-root", "scenarios"))
+preamble = open(os.path.join(work, "preamble.py")).read()
+preamble = preamble.replace(groups["root"], os.path.join(work, "scenario-root"))
+env = {"subtest": None}
+exec(compile(preamble, "preamble.py", "exec"), env)
+groups_run = ("remediation", "backup", "evidence", "disk")
+selected = {g: [s.__name__ for s in env["scenarios_of"](g)] for g in groups_run}
+with_scenarios = sorted(g for g in groups_run if selected[g])
+assert with_scenarios == groups["wired"], "testScripts select %s, the flake wires %s" % (selected, groups["wired"])
+print(", ".join("%s: %d scenarios" % (g, len(selected[g])) for g in with_scenarios))
+EOF
+); then
+  pass "VM scenario groups: the testScripts and the flake's wiring agree ($out)"
+else
+  fail "VM scenario groups: $out"
 fi
 
 # The VM tests' Python: it compiles, and pyflakes (the NixOS test driver's lint)
@@ -263,30 +305,62 @@ else
   skip "systemd-analyze security: needs systemd >= 250 (--offline)"
 fi
 
-# The rendered files against the agent's own schema. The module renders some
-# sections for features the agent may not have yet ([metrics], [[backups]],
-# [runbooks.free_disk], [evidence]); the rest of each file must be accepted,
-# and a refused module-owned section is reported as pending, not passed.
-if [ -n "${MSP_AGENT_BIN:-}" ] && [ -x "$MSP_AGENT_BIN" ]; then
-  for f in minimal full; do
-    python3 - "$work/$f.toml" "$work/$f.core.toml" <<'PY'
-import sys
-owned = ("[metrics]", "[[backups]]", "[runbooks.free_disk]", "[evidence]", "[evidence.s3]")
-blocks = open(sys.argv[1]).read().split("\n\n")
-core = [b for b in blocks if b.strip().splitlines()[0].strip() not in owned]
-open(sys.argv[2], "w").write("\n\n".join(core).rstrip("\n") + "\n")
+# The rendered files against the agent's own schema: every file the module
+# cases render must pass `msp-agent check-config`, or the check fails. The
+# agent stops at its first unknown key; when that is a section the module
+# renders for a feature still being added to the agent ([metrics],
+# [evidence]), the file is tried again without it, so the message says whether
+# that section is the only reason. It is a failure either way.
+without_section() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+path, section = sys.argv[1], sys.argv[2]
+out, skipping = [], False
+for line in open(path).read().splitlines(keepends=True):
+    m = re.match(r"\s*\[\[?\s*([A-Za-z0-9_.-]+)", line)
+    if m:
+        skipping = m.group(1) == section or m.group(1).startswith(section + ".")
+    if not skipping:
+        out.append(line)
+open(path, "w").write("".join(out))
 PY
-    if err=$("$MSP_AGENT_BIN" check-config "$work/$f.core.toml" 2>&1); then
-      pass "msp-agent check-config accepts the rendered $f config (the sections the agent owns)"
-    else
-      fail "msp-agent check-config rejects the rendered $f config: $err"
-    fi
-    if err=$("$MSP_AGENT_BIN" check-config "$work/$f.toml" 2>&1); then
-      pass "msp-agent check-config accepts the rendered $f config (with the module's sections)"
-    else
-      skip "pending: the agent does not accept all the module renders in the $f config yet: $(tr '\n' ' ' <<<"$err" | tr -s ' ')"
-    fi
-  done
+}
+one_line() { tr '\n' ' ' <<<"$1" | tr -s ' '; }
+if [ -n "${MSP_AGENT_BIN:-}" ]; then
+  if [ ! -x "$MSP_AGENT_BIN" ]; then
+    fail "msp-agent check-config: MSP_AGENT_BIN=$MSP_AGENT_BIN is not an executable"
+  else
+    for file in "$work"/configs/*.toml; do
+      name=$(basename "$file" .toml)
+      if first=$("$MSP_AGENT_BIN" check-config "$file" 2>&1); then
+        pass "msp-agent check-config accepts the rendered $name config"
+        continue
+      fi
+      cp "$file" "$work/try.toml"
+      err=$first
+      missing=()
+      accepted=""
+      while true; do
+        section=$(sed -n 's/.*unknown field `\(metrics\|evidence\)`, expected one of `agent`.*/\1/p' <<<"$err" | head -n 1)
+        if [ -z "$section" ] || [[ " ${missing[*]} " == *" [$section] "* ]]; then
+          break
+        fi
+        missing+=("[$section]")
+        without_section "$work/try.toml" "$section"
+        if err=$("$MSP_AGENT_BIN" check-config "$work/try.toml" 2>&1); then
+          accepted=1
+          break
+        fi
+      done
+      if [ -n "$accepted" ]; then
+        fail "msp-agent check-config refuses the rendered $name config ONLY because this agent does not accept ${missing[*]} yet; everything else in it passes"
+      elif [ ${#missing[@]} -gt 0 ]; then
+        fail "msp-agent check-config refuses the rendered $name config: this agent does not accept ${missing[*]} yet, and without it: $(one_line "$err")"
+      else
+        fail "msp-agent check-config refuses the rendered $name config: $(one_line "$first")"
+      fi
+    done
+  fi
 else
   skip "msp-agent check-config on the rendered files: set MSP_AGENT_BIN to a built binary"
 fi

@@ -114,6 +114,18 @@ let
           "evaluation failed";
     };
   cargoToml = builtins.fromTOML (builtins.readFile (root + "/Cargo.toml"));
+
+  # The VM tests wired into checks: those whose group has a scenario file.
+  vmGroups = import (root + "/vm-tests/groups.nix") { inherit lib; };
+  wiredGroups = vmGroups.groupsIn (root + "/vm-tests/scenarios");
+  vmNodes = {
+    vm-remediation = [ "agent" ];
+    vm-backup = [ "agent" ];
+    vm-evidence = [
+      "agent"
+      "s3"
+    ];
+  };
 in
 {
   results = [
@@ -133,14 +145,48 @@ in
       "default"
       "msp-agent"
     ])
-    (check "flake: checks" (lib.attrNames self.checks.${x86}) [
-      "clippy"
-      "fmt"
-      "module-logic"
-      "package"
-      "vm-backup"
-      "vm-evidence"
-      "vm-remediation"
+    (check "flake: checks are the package, clippy, fmt, module-logic and the VM tests that have scenarios" (lib.attrNames self.checks.${x86}) (
+      lib.sort lib.lessThan (
+        [
+          "clippy"
+          "fmt"
+          "module-logic"
+          "package"
+        ]
+        ++ map (g: "vm-${g}") (lib.filter (g: vmNodes ? "vm-${g}") wiredGroups)
+      )
+    ))
+    (check "flake: vm-remediation is wired (vm-tests/scenarios has its scenarios)" (self.checks.${x86} ? vm-remediation) true)
+    (check "vm-tests/groups.nix: a VM test is wired only when a scenario file of its group exists" (map vmGroups.groupsWithScenarios [
+      [
+        "__init__.py"
+        "common.py"
+        "service_restart.py"
+        "config_typo.py"
+      ]
+      [
+        "__init__.py"
+        "service_restart.py"
+        "backup_rerun.py"
+        "s3_outage.py"
+        "disk_fill.py"
+        "tampered_bundle.py"
+        "README.md"
+      ]
+      [
+        "__init__.py"
+        "common.py"
+        "evidence_upload.py"
+      ]
+    ]) [
+      [ "remediation" ]
+      [
+        "backup"
+        "disk"
+        "evidence"
+        "remediation"
+      ]
+      [ "evidence" ]
     ])
     (check "flake: nixosModules" (lib.attrNames self.nixosModules) [
       "default"
@@ -205,15 +251,8 @@ in
       in
       lib.hasInfix "ok    minimal: config file" report && !(lib.hasInfix "\nFAIL  " report)
     ) true)
-    (check "flake: VM tests are NixOS tests with their nodes" (lib.mapAttrs (_: t: lib.attrNames t.nodes) {
-      inherit (self.checks.${x86}) vm-remediation vm-backup vm-evidence;
-    }) {
-      vm-remediation = [ "agent" ];
-      vm-backup = [ "agent" ];
-      vm-evidence = [
-        "agent"
-        "s3"
-      ];
-    })
+    (check "flake: the wired VM tests are NixOS tests with their nodes" (lib.mapAttrs (_: t: lib.attrNames t.nodes) (
+      lib.filterAttrs (n: _: lib.hasPrefix "vm-" n) self.checks.${x86}
+    )) (lib.filterAttrs (n: _: self.checks.${x86} ? ${n}) vmNodes))
   ];
 }

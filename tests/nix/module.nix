@@ -1,7 +1,9 @@
 # The msp-agent NixOS module evaluated with nixpkgs' lib.evalModules against
 # the stubs in ./stubs.nix: one case per behaviour, each a configuration and
 # what must come out of it (rendered config file, ExecStart, credentials,
-# polkit rule, sandbox, assertions). tests/nix/check.sh runs this with
+# polkit rule, sandbox, assertions). Every rendered config file is handed
+# back too (`configs`), so check.sh can run `msp-agent check-config` on each.
+# tests/nix/check.sh runs this with
 #   nix-instantiate --eval --strict --json tests/nix/module.nix --arg nixpkgsLib PATH
 # and prints one line per result.
 {
@@ -135,20 +137,25 @@ let
             { pattern = "*"; }
           ];
           incidents.flap_threshold = 6;
+          runbooks.service_restart.job_timeout = "30m";
+          limits.global_per_hour = 10;
+          evidence.spool_max_bytes = 536870912;
           evidence.s3 = {
             bucket = "msp-evidence";
             prefix = "clinic-01";
             endpoint = "http://s3:9000";
+            region = "eu-central-1";
             path_style = true;
+            retention_days = 2190;
           };
         };
         evidence.signingKeyFile = "/run/keys/msp-signing-key";
         evidence.s3.credentialsFile = "/run/keys/msp-s3";
-        backups.restic.unlockStale = true;
         listenAddress = "0.0.0.0";
         openFirewall = true;
       };
-      # One backup in the newer settings.RESTIC_* spelling, one in the older one.
+      # One backup in the newer settings.RESTIC_* spelling, one in the older
+      # one: only the names matter to the module.
       services.restic.backups = {
         local = {
           user = "root";
@@ -179,10 +186,7 @@ let
     state_dir = "/var/lib/msp-agent"
 
     [metrics]
-    listen = "127.0.0.1:9850"
-
-    [runbooks.free_disk]
-    helper_unit = "msp-agent-free-disk.service"
+    listen = "127.0.0.1:9465"
 
     [[watch.units]]
     expect_active = false
@@ -196,20 +200,38 @@ let
     hostname = "clinic-01"
     state_dir = "/var/lib/msp-agent"
 
+    [evidence]
+    spool_max_bytes = 536870912
+
     [evidence.s3]
     bucket = "msp-evidence"
     endpoint = "http://s3:9000"
     path_style = true
     prefix = "clinic-01"
+    region = "eu-central-1"
+    retention_days = 2190
 
     [incidents]
     flap_threshold = 6
 
-    [metrics]
-    listen = "0.0.0.0:9850"
+    [limits]
+    global_per_hour = 10
 
-    [runbooks.free_disk]
-    helper_unit = "msp-agent-free-disk.service"
+    [metrics]
+    listen = "0.0.0.0:9465"
+
+    [runbooks.service_restart]
+    job_timeout = "30m"
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "restic-backups-legacy.service"
+    remediate = true
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "restic-backups-local.service"
+    remediate = true
 
     [[watch.units]]
     expect_active = false
@@ -225,20 +247,6 @@ let
     expect_active = false
     pattern = "*"
     remediate = false
-
-    [[backups]]
-    max_age = "26h"
-    name = "legacy"
-    remediate = true
-    unit = "restic-backups-legacy.service"
-    unlock_unit = "msp-agent-restic-unlock-legacy.service"
-
-    [[backups]]
-    max_age = "26h"
-    name = "local"
-    remediate = true
-    unit = "restic-backups-local.service"
-    unlock_unit = "msp-agent-restic-unlock-local.service"
   '';
 
   expectedRule =
@@ -364,8 +372,9 @@ let
     [ "msp-agent" "xdemo.service" "restart" "not handled" ]
     [ "msp-agent" "demo.socket" "restart" "not handled" ]
     [ "msp-agent" "restic-backups-local.service" "start" "yes" ]
-    [ "msp-agent" "msp-agent-free-disk.service" "start" "yes" ]
-    [ "msp-agent" "msp-agent-restic-unlock-legacy.service" "start" "yes" ]
+    [ "msp-agent" "restic-backups-legacy.service" "restart" "yes" ]
+    [ "msp-agent" "restic-backups-local.service" "stop" "not handled" ]
+    [ "msp-agent" "restic-backups-other.service" "start" "not handled" ]
     [ "msp-agent" "sshd.service" "restart" "not handled" ]
     [ "msp-agent" "dbus.service" "restart" "not handled" ]
     [ "msp-agent" "msp-agent.service" "restart" "not handled" ]
@@ -466,16 +475,13 @@ let
       vmAgent.environment.etc."msp-agent/rendered.toml".source
       vmAgent.environment.etc."msp-agent/config.toml".source
     )
-    (check "vm evidence node: S3 endpoint is the s3 node, secrets as credentials" {
+    (check "vm evidence node: S3 endpoint is the s3 node, S3 credentials as a credential" {
       endpoint = lib.hasInfix ''endpoint = "http://s3:9000"'' (configText vmEvidence);
       inherit (agentService vmEvidence) LoadCredential;
       secretsFirst = vmEvidence.systemd.services.msp-agent-test-secrets.before;
     } {
       endpoint = true;
-      LoadCredential = [
-        "signing-key:/etc/msp-agent-secrets/signing-key"
-        "s3-credentials:/etc/msp-agent-secrets/s3-credentials"
-      ];
+      LoadCredential = [ "s3-credentials:/etc/msp-agent-secrets/s3-credentials" ];
       secretsFirst = [ "msp-agent.service" ];
     })
     (check "vm evidence node: module assertions hold" (failedAssertions vmEvidence) [ ])
@@ -487,16 +493,14 @@ let
     (
       { label, c }:
       [
-        (check "vm backup node (${label}): the backup is discovered" (lib.hasInfix ''unit = "restic-backups-clinic.service"'' (
-          configText c
-        )) true)
-        (check "vm backup node (${label}): the unlock helper finds the repository" {
-          inherit (c.systemd.services.msp-agent-restic-unlock-clinic.environment) RESTIC_REPOSITORY;
-          password = lib.hasSuffix "-restic-password" c.systemd.services.msp-agent-restic-unlock-clinic.environment.RESTIC_PASSWORD_FILE;
-        } {
-          RESTIC_REPOSITORY = "/var/backup/restic";
-          password = true;
-        })
+        (check "vm backup node (${label}): the backup is watched first, with remediation" (lib.take 1 (
+          lib.filter (l: lib.hasPrefix "pattern = " l) (lib.splitString "\n" (configText c))
+        )) [ ''pattern = "restic-backups-clinic.service"'' ])
+        (check "vm backup node (${label}): the agent's user may start the backup unit" (lib.hasInfix
+          ''"restic-backups-clinic.service"''
+          c.security.polkit.extraConfig
+        ) true)
+        (check "vm backup node (${label}): module assertions hold" (failedAssertions c) [ ])
       ]
     )
     [
@@ -509,6 +513,114 @@ let
         c = vmBackup2511;
       }
     ];
+
+  # The smaller cases, each a configuration whose rendered file is also checked.
+  cases = lib.mapAttrs (_: settings: forced (eval (enabled settings))) {
+    ipv6 = {
+      services.msp-agent.listenAddress = "::";
+      services.msp-agent.openFirewall = true;
+    };
+    backupsNotRemediated = {
+      services.msp-agent.backups.restic.remediate = false;
+      services.restic.backups.local.repository = "/var/backup";
+    };
+    discoveryOff = {
+      services.msp-agent.backups.restic.discover = false;
+      services.restic.backups.local.repository = "/var/backup";
+    };
+    explicitBackup = {
+      services.restic.backups.local.repository = "/var/backup";
+      services.restic.backups.other.repository = "/var/backup-other";
+      services.msp-agent.settings.watch.units = [
+        { pattern = "restic-backups-local.service"; }
+        { pattern = "*"; }
+      ];
+    };
+    backupGlob = {
+      services.restic.backups.local.repository = "/var/backup";
+      services.msp-agent.settings.watch.units = [ { pattern = "restic-*"; } ];
+    };
+    grafana = {
+      services.grafana.enable = true;
+      services.msp-agent.grafana.provisionDashboard = true;
+    };
+    dryRun.services.msp-agent.settings.agent.dry_run = true;
+    s3DefaultChain.services.msp-agent.settings.evidence.s3.bucket = "b";
+  };
+
+  # The keys the agent accepts, each as a path ("[]" for an array of tables):
+  # src/config.rs (deny_unknown_fields everywhere), `[metrics] listen`, and
+  # EvidenceConfig / S3Config of the evidence code.
+  agentKeys =
+    map (k: "agent.${k}") [
+      "state_dir"
+      "dry_run"
+      "hostname"
+      "reconcile_interval"
+      "shutdown_grace"
+    ]
+    ++ map (k: "watch.units[].${k}") [
+      "pattern"
+      "remediate"
+      "expect_active"
+    ]
+    ++ map (k: "incidents.${k}") [
+      "flap_window"
+      "flap_threshold"
+      "resolve_hold"
+      "crash_loop_restarts"
+      "crash_loop_window"
+    ]
+    ++ map (k: "runbooks.service_restart.${k}") [
+      "job_timeout"
+      "settle"
+      "max_runs"
+      "window"
+      "min_interval"
+    ]
+    ++ [
+      "limits.global_per_hour"
+      "metrics.listen"
+    ]
+    ++ map (k: "evidence.${k}") [
+      "key_file"
+      "spool_max_bytes"
+      "spool_alarm_percent"
+      "keep_uploaded_bytes"
+    ]
+    ++ map (k: "evidence.s3.${k}") [
+      "bucket"
+      "prefix"
+      "endpoint"
+      "region"
+      "path_style"
+      "retention_days"
+      "credentials_file"
+      "retry_max"
+      "request_timeout"
+    ];
+  keyPaths =
+    path: v:
+    if builtins.isAttrs v then
+      lib.concatLists (lib.mapAttrsToList (k: x: keyPaths (path ++ [ k ]) x) v)
+    else if builtins.isList v && v != [ ] && lib.all builtins.isAttrs v then
+      lib.concatMap (keyPaths (lib.init path ++ [ "${lib.last path}[]" ])) v
+    else
+      [ (lib.concatStringsSep "." path) ];
+
+  # The file is the output of a build step here, not TOML.
+  checked = forced (eval (enabled { services.msp-agent.checkConfig = true; }));
+
+  # Every rendered config file, for `msp-agent check-config` in check.sh.
+  configs = {
+    minimal = configText minimal;
+    full = configText full;
+    vm-agent = configText vmAgent;
+    vm-backup = configText vmBackupOlder;
+    vm-backup-restic-settings = configText vmBackup2511;
+    vm-evidence = configText vmEvidence;
+  }
+  // lib.mapAttrs (_: configText) cases;
 in
 {
   vmScripts = lib.mapAttrs (_: t: t.testScript) vm;
@@ -516,6 +628,12 @@ in
   serviceUnit = renderService full;
   minimalConfig = configText minimal;
   fullConfig = configText full;
+  inherit configs;
+  # The testScripts' first lines, and the groups vm-tests/groups.nix finds in
+  # vm-tests/scenarios: check.sh runs the first against the second.
+  vmPreamble = vmTests.preamble;
+  vmScenarioRoot = vmTests.scenarioRoot;
+  vmWiredGroups = (import (root + "/vm-tests/groups.nix") { inherit lib; }).groupsIn (root + "/vm-tests/scenarios");
   polkitRule = full.security.polkit.extraConfig;
 
   results = [
@@ -541,11 +659,11 @@ in
       isSystemUser = true;
       group = "msp-agent";
     })
-    (check "minimal: polkit enabled; rule allows the free-disk helper only" {
+    (check "minimal: polkit enabled; rule allows nothing" {
       inherit (minimal.security.polkit) enable extraConfig;
     } {
       enable = true;
-      extraConfig = expectedRule [ "msp-agent-free-disk.service" ] [ ];
+      extraConfig = expectedRule [ ] [ ];
     })
     (check "minimal: firewall stays closed" minimal.networking.firewall.allowedTCPPorts [ ])
     (check "minimal: CLI on PATH" (map (p: p.name) minimal.environment.systemPackages) [ "msp-agent" ])
@@ -591,65 +709,27 @@ in
       ];
       UMask = "0077";
     })
-    (check "minimal: free-disk helper runs each step best-effort as root" {
-      inherit (minimal.systemd.services.msp-agent-free-disk.serviceConfig) Type ExecStart;
-      user = minimal.systemd.services.msp-agent-free-disk.serviceConfig.User or "root";
-      wantedBy = minimal.systemd.services.msp-agent-free-disk.wantedBy;
-    } {
-      Type = "oneshot";
-      ExecStart = [
-        "-/nix/store/00000000000000000000000000000000-systemd/bin/journalctl --vacuum-size=500M"
-        "-/nix/store/00000000000000000000000000000000-systemd/bin/systemd-tmpfiles --clean"
-        "-/nix/store/00000000000000000000000000000000-nix/bin/nix-collect-garbage --delete-older-than 14d"
-      ];
-      user = "root";
-      wantedBy = [ ];
-    })
+    (check "minimal: no unit besides the agent's" (lib.attrNames minimal.systemd.services) [ "msp-agent" ])
 
     (check "full: config file" (configText full) fullConfig)
     (check "full: secrets arrive as credentials, by name" (agentService full).LoadCredential [
       "signing-key:/run/keys/msp-signing-key"
       "s3-credentials:/run/keys/msp-s3"
     ])
-    (check "full: polkit rule names backups, helpers and explicit units; globs as patterns"
+    (check "full: polkit rule names the backup units and explicit units; globs as patterns"
       full.security.polkit.extraConfig
       (expectedRule [
-        "nginx.service"
         "restic-backups-legacy.service"
         "restic-backups-local.service"
-        "msp-agent-restic-unlock-legacy.service"
-        "msp-agent-restic-unlock-local.service"
-        "msp-agent-free-disk.service"
+        "nginx.service"
       ] [ "demo*.service" ])
     )
     (check "full: polkit rule turns the glob into an anchored RegExp" (lib.hasInfix ''new RegExp("^demo.*\\.service$")''
       full.security.polkit.extraConfig
     ) true)
-    (check "full: firewall opens the metrics port" full.networking.firewall.allowedTCPPorts [ 9850 ])
+    (check "full: firewall opens the metrics port" full.networking.firewall.allowedTCPPorts [ 9465 ])
     (check "full: no assertion fails" (failedAssertions full) [ ])
-    (check "full: unlock helper, new option spelling" {
-      inherit (full.systemd.services.msp-agent-restic-unlock-local) environment;
-      inherit (full.systemd.services.msp-agent-restic-unlock-local.serviceConfig) User ExecStart;
-    } {
-      environment = {
-        RESTIC_REPOSITORY = "/var/backup/local";
-        RESTIC_PASSWORD_FILE = "/run/keys/restic-local";
-        RESTIC_CACHE_DIR = "/var/cache/restic-backups-local";
-      };
-      User = "root";
-      ExecStart = "/nix/store/00000000000000000000000000000000-restic/bin/restic unlock";
-    })
-    (check "full: unlock helper, older option spelling" {
-      inherit (full.systemd.services.msp-agent-restic-unlock-legacy) environment;
-      inherit (full.systemd.services.msp-agent-restic-unlock-legacy.serviceConfig) User EnvironmentFile;
-    } {
-      environment = {
-        RESTIC_REPOSITORY = "/var/backup/legacy";
-        RESTIC_PASSWORD_FILE = "/run/keys/restic-legacy";
-      };
-      User = "backup";
-      EnvironmentFile = "/run/keys/restic-legacy.env";
-    })
+    (check "full: no unit besides the agent's" (lib.attrNames full.systemd.services) [ "msp-agent" ])
 
     (check "disabled: no unit, no rule, no user" {
       services = lib.attrNames disabled.systemd.services;
@@ -661,143 +741,50 @@ in
       users = [ ];
     })
 
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.msp-agent.listenAddress = "::";
-            services.msp-agent.openFirewall = true;
-          })
-        );
-      in
-      check "IPv6 listen address is bracketed" (lib.hasInfix ''listen = "[::]:9850"'' (configText c)) true
-    )
-    (
-      let
-        c = forced (eval (enabled { services.msp-agent.checkConfig = true; }));
-      in
-      check "checkConfig: the build runs msp-agent check-config on the rendered file" (
-        builtins.match ".*msp-agent check-config /nix/store/[a-z0-9]+-msp-agent\\.toml\n.*" (configText c) != null
-      ) true
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.msp-agent.runbooks.freeDisk = {
-              nixGcOlderThan = null;
-              extraPaths = [ "/var/cache/app dir" ];
-            };
-          })
-        );
-      in
-      check "free-disk: no GC step when disabled; extra paths quoted" (lib.tail c.systemd.services.msp-agent-free-disk.serviceConfig.ExecStart)
-        [
-          "-/nix/store/00000000000000000000000000000000-systemd/bin/systemd-tmpfiles --clean"
-          "-/nix/store/00000000000000000000000000000000-findutils/bin/find '/var/cache/app dir' -xdev -mindepth 1 -delete"
-        ]
-    )
-    (
-      let
-        c = forced (eval (enabled { services.msp-agent.runbooks.freeDisk.enable = false; }));
-      in
-      check "free-disk disabled: no helper unit and not in the rule" {
-        helper = c.systemd.services ? msp-agent-free-disk;
-        rule = lib.hasInfix "free-disk" c.security.polkit.extraConfig;
-        config = lib.hasInfix "free_disk" (configText c);
-      } {
-        helper = false;
-        rule = false;
-        config = false;
-      }
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.msp-agent.backups.restic.remediate = false;
-            services.restic.backups.local.repository = "/var/backup";
-          })
-        );
-      in
-      check "backups without remediation: watched, not in the rule" {
-        rule = lib.hasInfix "restic-backups-local" c.security.polkit.extraConfig;
-        config = lib.hasInfix "remediate = false\nunit = \"restic-backups-local.service\"" (configText c);
-      } {
-        rule = false;
-        config = true;
-      }
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.msp-agent.backups.restic.discover = false;
-            services.restic.backups.local.repository = "/var/backup";
-          })
-        );
-      in
-      check "discovery off: no backup in file or rule" (
-        lib.hasInfix "restic" (configText c + c.security.polkit.extraConfig)
-      ) false
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.restic.backups.local.repository = "/var/backup";
-            services.msp-agent.settings.backups = [
-              {
-                name = "local";
-                unit = "restic-backups-local.service";
-                max_age = "8d";
-                remediate = true;
-              }
-            ];
-          })
-        );
-      in
-      check "an explicit backup entry replaces the discovered one of that name" (
-        lib.length (lib.filter (l: l == "[[backups]]") (lib.splitString "\n" (configText c)))
-        == 1
-        && lib.hasInfix ''max_age = "8d"'' (configText c)
-      ) true
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.grafana.enable = true;
-            services.msp-agent.grafana.provisionDashboard = true;
-          })
-        );
-      in
-      check "grafana: dashboard directory provisioned from the package" c.services.grafana.provision {
-        enable = true;
-        dashboards.settings.providers = [
-          {
-            name = "msp-agent";
-            options.path = "/nix/store/00000000000000000000000000000000-msp-agent/share/msp-agent/grafana";
-          }
-        ];
-      }
-    )
-    (
-      let
-        c = forced (eval (enabled { services.msp-agent.settings.agent.dry_run = true; }));
-      in
-      check "dry_run passes through" (lib.hasInfix "dry_run = true" (configText c)) true
-    )
-    (
-      let
-        c = forced (
-          eval (enabled {
-            services.msp-agent.settings.evidence.s3.bucket = "b";
-          })
-        );
-      in
-      check "S3 without credentials: a warning about the default chain" (lib.length c.warnings) 1
-    )
+    (check "IPv6 listen address is bracketed" (lib.hasInfix ''listen = "[::]:9465"'' (configText cases.ipv6)) true)
+    (check "checkConfig: the build runs msp-agent check-config on the rendered file" (
+      builtins.match ".*msp-agent check-config /nix/store/[a-z0-9]+-msp-agent\\.toml\n.*" (configText checked) != null
+    ) true)
+    (check "backups without remediation: watched, not in the rule" {
+      rule = lib.hasInfix "restic-backups-local" cases.backupsNotRemediated.security.polkit.extraConfig;
+      config = lib.hasInfix "expect_active = false\npattern = \"restic-backups-local.service\"\nremediate = false\n" (
+        configText cases.backupsNotRemediated
+      );
+    } {
+      rule = false;
+      config = true;
+    })
+    (check "discovery off: no backup in file or rule" (
+      lib.hasInfix "restic" (configText cases.discoveryOff + cases.discoveryOff.security.polkit.extraConfig)
+    ) false)
+    (check "an explicit entry for a backup unit replaces the discovered one, in the user's place" {
+      patterns = lib.filter (l: lib.hasPrefix "pattern = " l) (lib.splitString "\n" (configText cases.explicitBackup));
+      rule = lib.hasInfix "restic-backups-local" cases.explicitBackup.security.polkit.extraConfig;
+    } {
+      patterns = [
+        ''pattern = "restic-backups-other.service"''
+        ''pattern = "restic-backups-local.service"''
+        ''pattern = "*"''
+      ];
+      rule = false;
+    })
+    (check "a user glob over the backup units does not shadow the discovered entries" (
+      lib.take 2 (lib.filter (l: lib.hasPrefix "pattern = " l) (lib.splitString "\n" (configText cases.backupGlob)))
+    ) [ ''pattern = "restic-backups-local.service"'' ''pattern = "restic-*"'' ])
+    (check "grafana: dashboard directory provisioned from the package" cases.grafana.services.grafana.provision {
+      enable = true;
+      dashboards.settings.providers = [
+        {
+          name = "msp-agent";
+          options.path = "/nix/store/00000000000000000000000000000000-msp-agent/share/msp-agent/grafana";
+        }
+      ];
+    })
+    (check "dry_run passes through" (lib.hasInfix "dry_run = true" (configText cases.dryRun)) true)
+    (check "S3 without credentials: a warning about the default chain" (lib.length cases.s3DefaultChain.warnings) 1)
+    (check "every rendered key is one the agent reads (src/config.rs, [metrics], [evidence])" (lib.filter (
+      k: !(lib.elem k agentKeys)
+    ) (lib.unique (lib.concatMap (t: keyPaths [ ] (builtins.fromTOML t)) (lib.attrValues configs)))) [ ])
 
     # Contradictory settings, refused with a message that says what to do.
     (refused "state_dir outside /var/lib" {
@@ -820,6 +807,9 @@ in
     (refused "metrics.listen set by hand" {
       services.msp-agent.settings.metrics.listen = "0.0.0.0:1";
     } "use services.msp-agent.listenAddress and .port")
+    (refused "a host name as listen address" {
+      services.msp-agent.listenAddress = "localhost";
+    } "is not an IP address")
     (refused "open firewall for a loopback listener" {
       services.msp-agent.openFirewall = true;
     } "is a loopback address")
@@ -853,6 +843,15 @@ in
     (refused "dashboard without grafana" {
       services.msp-agent.grafana.provisionDashboard = true;
     } "needs services.grafana.enable")
+    (refused "removed option backups.restic.maxAge, with the reason" {
+      services.msp-agent.backups.restic.maxAge = "26h";
+    } "backup freshness (RPO) comes with it")
+    (refused "removed option backups.restic.unlockStale, with the reason" {
+      services.msp-agent.backups.restic.unlockStale = true;
+    } "stale restic lock comes with the backup runbook")
+    (refused "removed options runbooks.freeDisk.*, with the reason" {
+      services.msp-agent.runbooks.freeDisk.extraPaths = [ "/var/cache/app" ];
+    } "comes with the agent's disk runbook")
     (refused "polkit switched off" {
       security.polkit.enable = false;
     } "security.polkit.enable must stay true")

@@ -130,7 +130,6 @@ in
         lib.concatStrings (lib.mapAttrsToList (k: v: lib.optionalString (builtins.isString v) "${k}: ${v}\n") env)
         + script
       );
-    findutils = fakePackage "findutils";
     restic = fakePackage "restic";
     msp-agent = fakePackage "msp-agent";
 
@@ -146,6 +145,7 @@ in
     jq = fakePackage "jq";
     util-linux = fakePackage "util-linux";
     openssh = fakePackage "openssh";
+    python3 = fakePackage "python3";
     minio-client = fakePackage "minio-client";
   };
 
@@ -236,14 +236,6 @@ in
       systemd.services = mkOption {
         type = types.attrsOf serviceType;
         default = { };
-      };
-      nix.enable = mkOption {
-        type = types.bool;
-        default = true;
-      };
-      nix.package = mkOption {
-        type = types.package;
-        default = fakePackage "nix";
       };
       services.restic.backups = mkOption {
         type = types.attrsOf freeform;
