@@ -63,11 +63,13 @@ pub async fn run(unit: &str, p: &Params, cancel: &CancellationToken) -> (RunOutc
         }
     }
 
-    // Step 2: the unit must stay active for the settle period.
-    let timer = StepTimer::start("verify_active");
+    // Step 2: a long-running unit must stay active for the settle period; a oneshot
+    // (a backup, say) has finished when its restart job is done and must have succeeded.
+    let oneshot = service_type(unit).await.as_deref() == Some("oneshot");
+    let timer = StepTimer::start(if oneshot { "verify_succeeded" } else { "verify_active" });
     let verify = tokio::select! {
         _ = cancel.cancelled() => Err(json!({"error": "interrupted: the agent is stopping"})),
-        r = verify_active(unit, p.settle) => r,
+        r = async { if oneshot { verify_oneshot(unit).await } else { verify_active(unit, p.settle).await } } => r,
     };
     let cursor = journal_cursor(unit).await;
     match verify {
@@ -126,6 +128,51 @@ async fn restart_and_wait(unit: &str, timeout: Duration) -> Result<serde_json::V
             job.as_str(),
             timeout.as_secs()
         )),
+    }
+}
+
+async fn service_type(unit: &str) -> Option<String> {
+    if !unit.ends_with(".service") {
+        return None;
+    }
+    let conn = connect().await.ok()?;
+    let manager = ManagerProxy::new(&conn).await.ok()?;
+    let path = unit_path(&manager, unit).await.ok()?;
+    let service = zbus_systemd::systemd1::ServiceProxy::builder(&conn)
+        .path(path)
+        .ok()?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .ok()?;
+    service.type_property().await.ok()
+}
+
+/// A oneshot's restart job ends when its work has run: it must have succeeded.
+async fn verify_oneshot(unit: &str) -> Result<serde_json::Value, serde_json::Value> {
+    let conn = connect()
+        .await
+        .map_err(|e| json!({"error": format!("system bus: {e}")}))?;
+    let manager = ManagerProxy::new(&conn)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let path = unit_path(&manager, unit)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let obs = read_unit(&conn, unit, &path)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let detail = json!({
+        "service_type": "oneshot",
+        "active_state": obs.active_state,
+        "sub_state": obs.sub_state,
+        "result": obs.result,
+        "invocation_id": obs.invocation_id,
+    });
+    if obs.result == "success" && obs.active_state != "failed" {
+        Ok(detail)
+    } else {
+        Err(detail)
     }
 }
 

@@ -173,8 +173,15 @@ fn key_path_from_config(path: &Path) -> anyhow::Result<(PathBuf, Option<String>)
     if let Some(k) = config.evidence.key_file {
         return Ok((k, host));
     }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let p = Path::new(&dir).join(keys::CREDENTIAL_NAME);
+    // The agent's own credential directory when run beside the service (e.g. NixOS's
+    // LoadCredential=), then the caller's.
+    let service_creds = std::path::PathBuf::from("/run/credentials/msp-agent.service");
+    let dirs = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::iter::once(service_creds));
+    for dir in dirs {
+        let p = dir.join(keys::CREDENTIAL_NAME);
         if p.exists() {
             return Ok((p, host));
         }

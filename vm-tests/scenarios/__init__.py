@@ -22,6 +22,7 @@ from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
 from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
+from .oneshot_rerun import scenario_oneshot_failure_is_rerun
 from .polkit_rule import scenario_polkit_rule_scopes_restarts
 from .service_restart import scenario_service_restart
 
@@ -35,6 +36,7 @@ ALL = [
     scenario_bus_restart_survived,
     scenario_sigterm_finishes_runbook_in_flight,
     scenario_sigkill_mid_runbook_not_done_twice,
+    scenario_oneshot_failure_is_rerun,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]
