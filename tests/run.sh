@@ -25,8 +25,15 @@ stage() {
     fi
 }
 
+# The loopback S3 server with real Object Lock (Ceph radosgw); its environment
+# turns on the s3_* tests.
+start_s3() { local env; env=$(bash tests/s3/ceph.sh up) && eval "$env"; }
+fuzz() { CARGO_TARGET_DIR=/var/tmp/msp-agent-fuzz-target bash fuzz/run.sh "${FUZZ_SECONDS:-20}"; }
+
 stage build cargo build --release --locked --bin msp-agent
-stage unit-tests cargo test --locked
+stage s3-server start_s3
+stage unit-and-integration-tests cargo test --locked
+stage fuzz fuzz
 stage nix bash tests/nix/check.sh
 stage system-scenarios python3 tests/bench/run-scenarios.py
 
