@@ -167,8 +167,10 @@ impl Daemon {
         let mut last_heartbeat = tokio::time::Instant::now();
         let mut ready = false;
 
+        let mut fatal: Option<anyhow::Error> = None;
         loop {
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 ev = watch_rx.recv() => match ev {
                     Some(WatchEvent::Unit(obs)) => self.on_unit(obs).await?,
@@ -196,7 +198,14 @@ impl Daemon {
                         notify::status(&format!("system bus lost ({error}); reconnecting"));
                         self.write_status("running").await;
                     }
-                    None => anyhow::bail!("the unit watcher stopped"),
+                    // The watcher ends with the shutdown token; otherwise it is a fault,
+                    // and the runs in flight are still drained and recorded below.
+                    None => {
+                        if !cancel.is_cancelled() {
+                            fatal = Some(anyhow::anyhow!("the unit watcher stopped"));
+                        }
+                        break;
+                    }
                 },
                 Some(run) = run_rx.recv() => self.on_run_done(run).await?,
                 _ = tick.tick() => {
@@ -254,8 +263,13 @@ impl Daemon {
         tracker.close();
         tracker.wait().await;
         self.write_status("stopped").await;
-        tracing::info!("msp-agent stopped");
-        Ok(())
+        match fatal {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!("msp-agent stopped");
+                Ok(())
+            }
+        }
     }
 
     fn status_line(&self) -> String {
