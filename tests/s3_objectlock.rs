@@ -75,9 +75,11 @@ async fn keys_under(c: &Client, bucket: &str, prefix: &str) -> Vec<String> {
 }
 
 async fn verify_s3(c: &Client, bucket: &str, prefix: &str, keys: &TrustedKeys) -> verify::Report {
-    let items = s3::list_items(c, bucket, prefix).await.unwrap();
+    let (items, hidden) = s3::list_items(c, bucket, prefix).await.unwrap();
     let opts = Options { check_retention: true, ..Options::default() };
-    verify::verify_items(&items, keys, &opts)
+    let mut report = verify::verify_items(&items, keys, &opts);
+    report.add_failures(hidden);
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,8 +365,21 @@ async fn s3_tampered_objects_fail_verify_with_the_right_message() {
     // removed bundle (delete marker on bundle and signature)
     c.delete_object().bucket(&b).key(key_of(6, ".json")).send().await.unwrap();
     c.delete_object().bucket(&b).key(key_of(6, ".sig")).send().await.unwrap();
-    let got = first(&verify_s3(&c, &b, "base", &t).await);
-    assert!(got.contains("seq 7") && got.contains("sequence gap: seq 6 is missing"), "removed: {got}");
+    let report = verify_s3(&c, &b, "base", &t).await;
+    let got = first(&report);
+    assert!(got.contains("seq 6") && got.contains("hidden by a delete marker"), "removed: {got}");
+    assert!(report.failures.iter().any(|f| f.reason.contains("sequence gap: seq 6 is missing")), "{:?}", report.failures);
+
+    // The newest bundle hidden: no gap shows, the delete marker does.
+    let last = keys.iter().filter(|k| k.ends_with(".json")).max().unwrap().clone();
+    c.delete_object().bucket(&b).key(&last).send().await.unwrap();
+    let report = verify_s3(&c, &b, "base", &t).await;
+    let name = format!("s3://{b}/{last}");
+    assert!(
+        report.failures.iter().any(|f| f.name == name && f.reason.contains("hidden by a delete marker")),
+        "newest removed: {:?}",
+        report.failures
+    );
 }
 
 /// The first (original, locked) version of an object.

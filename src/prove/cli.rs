@@ -64,9 +64,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             request_timeout: None,
         })
         .await?;
-        let items = s3::list_items(&client, &bucket, &prefix).await?;
+        let (items, hidden) = s3::list_items(&client, &bucket, &prefix).await?;
         let opts = Options { allow_pruned: args.allow_pruned, check_retention: true, ..Options::default() };
-        (tokio::task::spawn_blocking(move || verify::verify_items(&items, &keys, &opts)).await?, true)
+        let mut report = tokio::task::spawn_blocking(move || verify::verify_items(&items, &keys, &opts)).await?;
+        report.add_failures(hidden);
+        (report, true)
     } else {
         let dir = PathBuf::from(&args.source);
         let allow_pruned = args.allow_pruned;
@@ -83,10 +85,7 @@ pub fn verify_dir(dir: &Path, keys: &TrustedKeys, allow_pruned: bool) -> anyhow:
     let (items, read_failures) = local::read_dir_items(dir)?;
     let opts = Options { allow_pruned, ..Options::default() };
     let mut report = verify::verify_items(&items, keys, &opts);
-    if !read_failures.is_empty() {
-        report.failures.extend(read_failures);
-        report.failures.sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
-    }
+    report.add_failures(read_failures);
     Ok(report)
 }
 

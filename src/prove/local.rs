@@ -27,19 +27,37 @@ pub fn read_dir_items(root: &Path) -> anyhow::Result<(Vec<Item>, Vec<Failure>)> 
         }
     }
     files.sort();
+    // Reading many small files dominates on a bucket copy: read on every core.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(files.len() / 256 + 1);
+    let chunk = files.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<anyhow::Result<(Vec<Item>, Vec<Failure>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = files.chunks(chunk).map(|part| s.spawn(move || read_files(part))).collect();
+        handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
+    });
+    let mut items = Vec::new();
+    let mut failures = Vec::new();
+    for part in parts {
+        let (i, f) = part?;
+        items.extend(i);
+        failures.extend(f);
+    }
+    Ok((items, failures))
+}
+
+fn read_files(files: &[PathBuf]) -> anyhow::Result<(Vec<Item>, Vec<Failure>)> {
     let mut items = Vec::new();
     let mut failures = Vec::new();
     for path in files {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some((first, last)) = parse_segment_name(&name) {
-            read_segment(&path, first, last, &mut items, &mut failures);
+            read_segment(path, first, last, &mut items, &mut failures);
         } else if let Some(stem) = name.strip_suffix(".json") {
-            let json = fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let json = fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             let sig = fs::read(path.with_file_name(format!("{stem}.sig"))).ok();
             let mut item = Item::new(path.display().to_string(), json, sig);
             if let Some(seq) = seq_from_name(stem) {
                 item.name_seq = Some(seq);
-                item.name_host = host_from_path(&path);
+                item.name_host = host_from_path(path);
             }
             items.push(item);
         }

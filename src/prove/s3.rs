@@ -18,7 +18,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::verify::{Item, Retention};
+use super::verify::{Failure, Item, Retention};
 
 /// Name of the credentials file inside `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "s3-credentials";
@@ -178,9 +178,43 @@ async fn get_with_retention(client: &Client, bucket: &str, key: &str) -> anyhow:
     Ok(Some((body.into_bytes().to_vec(), retention)))
 }
 
-/// Every bundle under `prefix` (all hosts), with its signature and both retentions.
-pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<Vec<Item>> {
+/// Every bundle under `prefix` (all hosts), with its signature and both retentions,
+/// and the bundles hidden behind a delete marker (their locked versions are still
+/// there, but a reader of the current objects would not see them).
+pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<(Vec<Item>, Vec<Failure>)> {
     let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+    let mut hidden = Vec::new();
+    let (mut key_marker, mut version_marker) = (None, None);
+    loop {
+        let page = client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(&list_prefix)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("ListObjectVersions s3://{bucket}/{list_prefix}: {}", describe(&e)))?;
+        for m in page.delete_markers() {
+            let Some(key) = m.key() else { continue };
+            if m.is_latest() != Some(true) || !(key.ends_with(".json") || key.ends_with(".sig")) {
+                continue;
+            }
+            let rel = key.strip_prefix(&list_prefix).unwrap_or(key);
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            hidden.push(Failure {
+                host: rel.split('/').next().unwrap_or_default().to_owned(),
+                seq: super::bundle::seq_from_name(file),
+                name: format!("s3://{bucket}/{key}"),
+                reason: "hidden by a delete marker (someone deleted it; its locked version is still in the bucket)".into(),
+            });
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        version_marker = page.next_version_id_marker().map(str::to_owned);
+    }
     let mut keys = Vec::new();
     let mut pages = client.list_objects_v2().bucket(bucket).prefix(&list_prefix).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -214,7 +248,7 @@ pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::
         .buffer_unordered(16)
         .try_collect()
         .await?;
-    Ok(items)
+    Ok((items, hidden))
 }
 
 #[cfg(test)]

@@ -103,6 +103,16 @@ impl Report {
     pub fn first_failure(&self) -> Option<&Failure> {
         self.failures.first()
     }
+
+    /// Add problems found outside the bundles (damaged files, hidden objects), in order.
+    pub fn add_failures(&mut self, more: Vec<Failure>) {
+        if more.is_empty() {
+            return;
+        }
+        self.failures.extend(more);
+        self.failures.sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
+        self.failures.dedup();
+    }
 }
 
 struct Checked {
