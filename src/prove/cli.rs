@@ -121,7 +121,7 @@ pub fn print_report(
     } else {
         writeln!(
             out,
-            "verify {source}: OK: {} bundles from {} hosts; signatures, sequences and hash chains check out{}",
+            "verify {source}: OK: {} bundles from {} host(s); signatures, sequences and hash chains check out{}",
             report.bundles,
             report.hosts.len(),
             if retention { "; every object is locked in COMPLIANCE mode" } else { "" }
