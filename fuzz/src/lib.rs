@@ -4,10 +4,10 @@
 //! (The modules refer to each other as `super::…`, which resolves here at the root.)
 #![allow(dead_code)]
 
-#[path = "../../src/events.rs"]
-pub mod events;
 #[path = "../../src/prove/bundle.rs"]
 pub mod bundle;
+#[path = "../../src/events.rs"]
+pub mod events;
 #[path = "../../src/prove/keys.rs"]
 pub mod keys;
 #[path = "../../src/prove/spool.rs"]

@@ -169,9 +169,14 @@ mod tests {
         assert_eq!(s3.retry_max, Duration::from_secs(5));
         assert_eq!(s3.retention_days, 2190);
         assert_eq!(s3.region, "us-east-1");
-        let err = toml::from_str::<EvidenceConfig>("spool_max = 3").unwrap_err().to_string();
+        let err = toml::from_str::<EvidenceConfig>("spool_max = 3")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
         let back = toml::to_string(&EvidenceConfig::default()).unwrap();
-        assert_eq!(toml::from_str::<EvidenceConfig>(&back).unwrap(), EvidenceConfig::default());
+        assert_eq!(
+            toml::from_str::<EvidenceConfig>(&back).unwrap(),
+            EvidenceConfig::default()
+        );
     }
 }
