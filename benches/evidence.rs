@@ -159,42 +159,74 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let s3cfg = S3Config {
-            endpoint: Some(endpoint.clone()),
-            path_style: true,
-            retention_days: 1,
-            prefix: "bench".into(),
-            ..S3Config::new(format!("msp-bench-{:08x}", rand::random::<u32>()))
-        };
-        let client = msp_agent::prove::s3::client(&(&s3cfg).into()).await.unwrap();
-        client.create_bucket().bucket(&s3cfg.bucket).object_lock_enabled_for_bucket(true).send().await.unwrap();
-        let state = dir.path().join("upload");
-        let ev = open(&state, &EvidenceConfig { s3: Some(s3cfg.clone()), ..cfg.clone() });
-        let ev2 = ev.clone();
-        tokio::task::spawn_blocking(move || {
-            for i in 0..n_up {
-                ev2.record(&event(i)).unwrap();
-            }
-        })
+    for window in [1usize, 8] {
+        rt.block_on(upload(&endpoint, dir.path(), &cfg, n_up, window));
+    }
+}
+
+async fn upload(endpoint: &str, dir: &Path, cfg: &EvidenceConfig, n_up: u64, window: usize) {
+    let s3cfg = S3Config {
+        endpoint: Some(endpoint.to_owned()),
+        path_style: true,
+        retention_days: 1,
+        prefix: "bench".into(),
+        upload_concurrency: window,
+        ..S3Config::new(format!("msp-bench-{:08x}", rand::random::<u32>()))
+    };
+    let client = msp_agent::prove::s3::client(&(&s3cfg).into())
         .await
         .unwrap();
-        let total = ev.spool_depth();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let t = Instant::now();
-        let task = tokio::spawn(msp_agent::prove::upload::run(ev.clone(), s3cfg, cancel.clone()));
-        while ev.spool_depth() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(t.elapsed() < Duration::from_secs(600), "upload stalled: {:?}", ev.stats());
+    client
+        .create_bucket()
+        .bucket(&s3cfg.bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let state = dir.join(format!("upload-{window}"));
+    let ev = open(
+        &state,
+        &EvidenceConfig {
+            s3: Some(s3cfg.clone()),
+            ..cfg.clone()
+        },
+    );
+    let ev2 = ev.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..n_up {
+            ev2.record(&event(i)).unwrap();
         }
-        let d = t.elapsed();
-        cancel.cancel();
-        task.await.unwrap();
-        println!(
-            "upload to {endpoint}: {total:>5} bundles in {:>6.2}s = {:>8.0} bundles/s ({} objects/s, in order, COMPLIANCE, Content-MD5)",
-            d.as_secs_f64(),
-            rate(total, d),
-            rate(total * 2, d) as u64
+    })
+    .await
+    .unwrap();
+    let total = ev.spool_depth();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let t = Instant::now();
+    let task = tokio::spawn(msp_agent::prove::upload::run(
+        ev.clone(),
+        s3cfg,
+        cancel.clone(),
+    ));
+    while ev.spool_depth() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "upload stalled: {:?}",
+            ev.stats()
         );
-    });
+    }
+    let d = t.elapsed();
+    cancel.cancel();
+    task.await.unwrap();
+    let order = if window == 1 {
+        "strictly in order".to_owned()
+    } else {
+        format!("{window} at a time")
+    };
+    println!(
+        "upload to {endpoint}: {total:>5} bundles in {:>6.2}s = {:>8.0} bundles/s ({} objects/s, {order}, COMPLIANCE, Content-MD5)",
+        d.as_secs_f64(),
+        rate(total, d),
+        rate(total * 2, d) as u64
+    );
 }

@@ -13,8 +13,10 @@
 //! reported as a conflict, never overwritten.
 //!
 //! Failures back off exponentially with jitter up to `retry_max`, then retry the same
-//! bundle: nothing is skipped, and nothing later goes up before it.
+//! bundle: nothing is skipped, and (with the default `upload_concurrency` of 1)
+//! nothing later goes up before it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
@@ -99,7 +101,7 @@ struct Uploader {
     cfg: S3Config,
     client: Client,
     /// Ask before putting: set at start and after any failed request.
-    probe: bool,
+    probe: AtomicBool,
 }
 
 /// Sleep unless cancelled first; true when cancelled.
@@ -131,7 +133,7 @@ pub async fn run(evidence: Evidence, s3: S3Config, cancel: CancellationToken) {
         ev: evidence,
         cfg: s3,
         client,
-        probe: true,
+        probe: AtomicBool::new(true),
     };
     up.run(cancel, backoff).await
 }
@@ -265,12 +267,18 @@ impl Uploader {
             if records.is_empty() {
                 return Ok(());
             }
-            for r in &records {
-                self.upload(r).await?;
-                self.ev.note_uploaded();
-                self.ev
-                    .mark_uploaded(r.seq, false)
-                    .map_err(|e| Failure::Retry(e.to_string()))?;
+            // Strictly in order with the default window of 1; a larger window puts that
+            // many bundles at once, and the upload mark still only passes a complete prefix.
+            for chunk in records.chunks(self.cfg.upload_concurrency.max(1)) {
+                let results =
+                    futures_util::future::join_all(chunk.iter().map(|r| self.upload(r))).await;
+                for (r, result) in chunk.iter().zip(results) {
+                    result?;
+                    self.ev.note_uploaded();
+                    self.ev
+                        .mark_uploaded(r.seq, false)
+                        .map_err(|e| Failure::Retry(e.to_string()))?;
+                }
             }
             self.persist()
                 .await
@@ -289,7 +297,7 @@ impl Uploader {
             .map_err(std::io::Error::other)?
     }
 
-    async fn upload(&mut self, r: &SpoolRecord) -> Result<(), Failure> {
+    async fn upload(&self, r: &SpoolRecord) -> Result<(), Failure> {
         let p = ParsedBundle::parse(&r.json).map_err(|e| {
             Failure::Conflict(format!("spool bundle seq {} is damaged: {e}", r.seq))
         })?;
@@ -306,16 +314,11 @@ impl Uploader {
         .await
     }
 
-    async fn put_once(
-        &mut self,
-        key: &str,
-        bytes: &[u8],
-        content_type: &str,
-    ) -> Result<(), Failure> {
+    async fn put_once(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<(), Failure> {
         let bucket = self.cfg.bucket.clone();
         let md5 = Md5::digest(bytes);
         let md5_hex = hex::encode(md5);
-        if self.probe {
+        if self.probe.load(Ordering::Relaxed) {
             match self
                 .client
                 .head_object()
@@ -352,7 +355,7 @@ impl Uploader {
                          another agent may use the same host name and prefix"
                     )));
                 }
-                Err(e) if status_of(&e) == Some(404) => self.probe = false,
+                Err(e) if status_of(&e) == Some(404) => self.probe.store(false, Ordering::Relaxed),
                 Err(e) => {
                     return Err(Failure::Retry(format!(
                         "HeadObject s3://{bucket}/{key}: {}",
@@ -389,7 +392,7 @@ impl Uploader {
             }
             Err(e) => {
                 // The request may have landed anyway: ask before the next put.
-                self.probe = true;
+                self.probe.store(true, Ordering::Relaxed);
                 Err(Failure::Retry(format!(
                     "PutObject s3://{bucket}/{key}: {}",
                     describe(&e)
