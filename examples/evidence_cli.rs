@@ -47,7 +47,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         Cmd::Verify(a) => cli::verify(a).await,
         Cmd::Pubkey(a) => cli::pubkey(a).map(|()| ExitCode::SUCCESS),
         Cmd::Record { state, host, count } => {
-            let ev = Evidence::open(&EvidenceConfig::default(), &state, &host, env!("CARGO_PKG_VERSION"))?;
+            let ev = Evidence::open(
+                &EvidenceConfig::default(),
+                &state,
+                &host,
+                env!("CARGO_PKG_VERSION"),
+            )?;
             for i in 0..count {
                 let s = ev.record(&Event::IncidentTransition(IncidentTransition {
                     incident_id: format!("example-{i}"),

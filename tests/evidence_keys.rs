@@ -23,7 +23,10 @@ fn credentials_directory_key_is_used_and_printed() {
     unsafe { std::env::set_var("CREDENTIALS_DIRECTORY", &creds) };
     let k = SigningKey::load_or_generate(None, &dir.path().join("state")).unwrap();
     assert_eq!(k.source(), &KeySource::Credential(key_path.clone()));
-    assert!(!dir.path().join("state/evidence/signing.key").exists(), "must not generate when a credential exists");
+    assert!(
+        !dir.path().join("state/evidence/signing.key").exists(),
+        "must not generate when a credential exists"
+    );
     let pub_file = std::fs::read_to_string(key_path.with_extension("pub")).unwrap();
     assert!(pub_file.starts_with(&k.public_key_openssh()), "{pub_file}");
 

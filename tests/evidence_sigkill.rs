@@ -24,11 +24,17 @@ const CHILD_ENV: &str = "MSP_EVIDENCE_CHILD_STATE";
 
 #[test]
 fn child_records_until_killed() {
-    let Ok(state) = std::env::var(CHILD_ENV) else { return };
+    let Ok(state) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let state = std::path::PathBuf::from(state);
     let ev = open(&state, 1);
     let acks = std::sync::Mutex::new(
-        std::fs::OpenOptions::new().create(true).append(true).open(state.join("acks")).unwrap(),
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.join("acks"))
+            .unwrap(),
     );
     println!("READY");
     std::io::stdout().flush().unwrap();
@@ -52,13 +58,21 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let rounds: u32 = std::env::var("MSP_SIGKILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let rounds: u32 = std::env::var("MSP_SIGKILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_records_until_killed", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_records_until_killed",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -74,10 +88,16 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         std::thread::sleep(Duration::from_micros(rand::random::<u64>() % 60_000));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
-            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         let status = child.wait().unwrap();
-        assert!(!status.success(), "round {round}: the child should have been killed");
+        assert!(
+            !status.success(),
+            "round {round}: the child should have been killed"
+        );
     }
 
     // The spool as the next start finds it.
@@ -93,17 +113,32 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
         if p.kind == "agent_start" {
             partial += p.envelope.body["removed_partial_writes"].as_u64().unwrap();
         }
-        assert!(by_seq.insert(p.envelope.seq, p.hash).is_none(), "seq {} twice", p.envelope.seq);
+        assert!(
+            by_seq.insert(p.envelope.seq, p.hash).is_none(),
+            "seq {} twice",
+            p.envelope.seq
+        );
     }
-    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "gap in the spool");
+    assert_eq!(
+        by_seq.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "gap in the spool"
+    );
 
     let acks = std::fs::read_to_string(dir.path().join("acks")).unwrap();
     let mut acked = BTreeMap::new();
     for line in acks.lines() {
         let (seq, hash) = line.split_once(' ').unwrap();
         let seq: u64 = seq.parse().unwrap();
-        assert!(acked.insert(seq, hash.to_owned()).is_none(), "seq {seq} acknowledged twice");
-        assert_eq!(by_seq.get(&seq), Some(&hash.to_owned()), "acknowledged seq {seq} lost or replaced");
+        assert!(
+            acked.insert(seq, hash.to_owned()).is_none(),
+            "seq {seq} acknowledged twice"
+        );
+        assert_eq!(
+            by_seq.get(&seq),
+            Some(&hash.to_owned()),
+            "acknowledged seq {seq} lost or replaced"
+        );
     }
     let report = verify_dir(&spool_root(dir.path()), &trusted(&[1]), false).unwrap();
     assert!(report.ok(), "{:?}", report.failures.first());
@@ -114,5 +149,8 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
         acked.len(),
         partial
     );
-    assert!(acked.len() as u64 > u64::from(rounds), "the child barely recorded anything");
+    assert!(
+        acked.len() as u64 > u64::from(rounds),
+        "the child barely recorded anything"
+    );
 }

@@ -32,7 +32,10 @@ fn a_restart_continues_the_sequence_and_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let ev = open(dir.path(), 1);
     let sealed: Vec<_> = (0..5).map(|i| ev.record(&event(i)).unwrap()).collect();
-    assert_eq!(sealed.iter().map(|s| s.seq).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
+    assert_eq!(
+        sealed.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        [3, 4, 5, 6, 7]
+    );
     assert_eq!(sealed[0].incident_id, "inc-0000");
     drop(ev);
     let ev = open(dir.path(), 1);
@@ -49,7 +52,10 @@ fn a_restart_continues_the_sequence_and_the_chain() {
         (8, "agent_start"),
         (9, "runbook_run"),
     ];
-    assert_eq!(k.iter().map(|(s, k)| (*s, k.as_str())).collect::<Vec<_>>(), want);
+    assert_eq!(
+        k.iter().map(|(s, k)| (*s, k.as_str())).collect::<Vec<_>>(),
+        want
+    );
     let report = verify_dir(&spool_root(dir.path()), &trusted(&[1]), false).unwrap();
     assert!(report.ok(), "{:?}", report.failures);
     assert_eq!(ev.stats().last_seq, 9);
@@ -64,18 +70,35 @@ fn concurrent_records_get_unique_contiguous_sequences() {
         let hs: Vec<_> = (0..8)
             .map(|t| {
                 let ev = ev.clone();
-                s.spawn(move || (0..100).map(|i| ev.record(&event(t * 1000 + i)).unwrap().seq).collect::<Vec<_>>())
+                s.spawn(move || {
+                    (0..100)
+                        .map(|i| ev.record(&event(t * 1000 + i)).unwrap().seq)
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let set: BTreeSet<u64> = seqs.iter().copied().collect();
     assert_eq!(set.len(), 800, "a sequence number was handed out twice");
-    assert_eq!(set.iter().copied().collect::<Vec<_>>(), (3..=802).collect::<Vec<_>>());
-    let segments = std::fs::read_dir(ev.spool_dir()).unwrap().filter(|e| {
-        e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg")
-    }).count();
-    assert!(segments < 802, "group commit should put several bundles in a segment ({segments} segments)");
+    assert_eq!(
+        set.iter().copied().collect::<Vec<_>>(),
+        (3..=802).collect::<Vec<_>>()
+    );
+    let segments = std::fs::read_dir(ev.spool_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count();
+    assert!(
+        segments < 802,
+        "group commit should put several bundles in a segment ({segments} segments)"
+    );
     let report = verify_dir(&spool_root(dir.path()), &trusted(&[1]), false).unwrap();
     assert!(report.ok(), "{:?}", report.failures);
 }
@@ -103,13 +126,20 @@ fn a_new_key_is_recorded_in_the_chain() {
     assert!(both.ok(), "{:?}", both.failures);
     let old_only = verify_dir(&spool_root(dir.path()), &trusted(&[1]), false).unwrap();
     let first = old_only.first_failure().unwrap().to_string();
-    assert!(first.contains("seq 4") && first.contains("not among the trusted public keys"), "{first}");
+    assert!(
+        first.contains("seq 4") && first.contains("not among the trusted public keys"),
+        "{first}"
+    );
 }
 
 #[test]
 fn a_full_spool_refuses_loudly_and_alarms_first() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = EvidenceConfig { spool_max_bytes: 40_000, spool_alarm_percent: 50, ..EvidenceConfig::default() };
+    let cfg = EvidenceConfig {
+        spool_max_bytes: 40_000,
+        spool_alarm_percent: 50,
+        ..EvidenceConfig::default()
+    };
     let ev = open_cfg(dir.path(), 1, &cfg);
     let mut ok = 0;
     let err = loop {
@@ -121,19 +151,27 @@ fn a_full_spool_refuses_loudly_and_alarms_first() {
     };
     assert!(matches!(err, EvidenceError::SpoolFull { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&ev.spool_dir().display().to_string()) && msg.contains("NOT recorded"), "{msg}");
+    assert!(
+        msg.contains(&ev.spool_dir().display().to_string()) && msg.contains("NOT recorded"),
+        "{msg}"
+    );
     let stats = ev.stats();
     assert!(stats.spool_alarm && stats.spool_alarms == 1, "{stats:?}");
     // Everything acknowledged is there, nothing was dropped to make room.
     assert_eq!(stats.last_seq, ok + 2);
-    assert!(verify_dir(&spool_root(dir.path()), &trusted(&[1]), false).unwrap().ok());
+    assert!(
+        verify_dir(&spool_root(dir.path()), &trusted(&[1]), false)
+            .unwrap()
+            .ok()
+    );
 }
 
 #[test]
 fn a_second_recorder_on_the_same_spool_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _ev = open(dir.path(), 1);
-    let err = Evidence::open_with_key(&EvidenceConfig::default(), dir.path(), HOST, "x", key(1)).unwrap_err();
+    let err = Evidence::open_with_key(&EvidenceConfig::default(), dir.path(), HOST, "x", key(1))
+        .unwrap_err();
     assert!(err.to_string().contains("used by another process"), "{err}");
 }
 
@@ -143,9 +181,19 @@ fn a_key_file_readable_by_others_is_refused_with_its_path() {
     let key_path = dir.path().join("signing-key");
     std::fs::write(&key_path, key(5).public_key_openssh()).unwrap();
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg = EvidenceConfig { key_file: Some(key_path.clone()), ..EvidenceConfig::default() };
-    let err = Evidence::open(&cfg, dir.path(), HOST, "x").unwrap_err().to_string();
-    assert!(err.contains(&key_path.display().to_string()) && err.contains("0644") && err.contains("chmod 600"), "{err}");
+    let cfg = EvidenceConfig {
+        key_file: Some(key_path.clone()),
+        ..EvidenceConfig::default()
+    };
+    let err = Evidence::open(&cfg, dir.path(), HOST, "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&key_path.display().to_string())
+            && err.contains("0644")
+            && err.contains("chmod 600"),
+        "{err}"
+    );
 
     // Generated at first start: mode 0600, and the same key at the next start.
     let state = dir.path().join("state");
@@ -153,6 +201,14 @@ fn a_key_file_readable_by_others_is_refused_with_its_path() {
     let id = ev.key_id().to_owned();
     drop(ev);
     let generated = state.join("evidence/signing.key");
-    assert_eq!(std::fs::metadata(&generated).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(Evidence::open(&EvidenceConfig::default(), &state, HOST, "x").unwrap().key_id(), id);
+    assert_eq!(
+        std::fs::metadata(&generated).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        Evidence::open(&EvidenceConfig::default(), &state, HOST, "x")
+            .unwrap()
+            .key_id(),
+        id
+    );
 }

@@ -114,7 +114,10 @@ pub enum BundleError {
     #[error("body has no string field \"kind\"")]
     NoKind,
     #[error("incident_id {envelope:?} differs from the body's {body:?}")]
-    IncidentMismatch { envelope: Option<String>, body: Option<String> },
+    IncidentMismatch {
+        envelope: Option<String>,
+        body: Option<String>,
+    },
     #[error("cannot serialize: {0}")]
     Serialize(String),
 }
@@ -210,7 +213,11 @@ impl ParsedBundle {
                 body: body_incident.map(str::to_owned),
             });
         }
-        Ok(ParsedBundle { envelope, kind, hash: hash_hex(bytes) })
+        Ok(ParsedBundle {
+            envelope,
+            kind,
+            hash: hash_hex(bytes),
+        })
     }
 
     /// The body decoded as a typed record, when this agent version knows its kind.
@@ -223,9 +230,19 @@ impl ParsedBundle {
 pub fn key_safe(s: &str) -> String {
     let out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if out.is_empty() || out.starts_with('.') { format!("_{out}") } else { out }
+    if out.is_empty() || out.starts_with('.') {
+        format!("_{out}")
+    } else {
+        out
+    }
 }
 
 /// The object key (without prefix and extension) of a bundle:
@@ -233,11 +250,19 @@ pub fn key_safe(s: &str) -> String {
 /// Deterministic from the bundle's content, so a re-upload lands on the same key.
 pub fn object_stem(host: &str, seq: u64, recorded_at: &str, incident_or_kind: &str) -> String {
     // recorded_at is "YYYY-MM-DDT…"; fall back to a fixed folder if it is not.
-    let (y, m, d) = match (recorded_at.get(0..4), recorded_at.get(5..7), recorded_at.get(8..10)) {
+    let (y, m, d) = match (
+        recorded_at.get(0..4),
+        recorded_at.get(5..7),
+        recorded_at.get(8..10),
+    ) {
         (Some(y), Some(m), Some(d)) => (y, m, d),
         _ => ("0000", "00", "00"),
     };
-    format!("{}/{y}/{m}/{d}/{seq:012}-{}", key_safe(host), key_safe(incident_or_kind))
+    format!(
+        "{}/{y}/{m}/{d}/{seq:012}-{}",
+        key_safe(host),
+        key_safe(incident_or_kind)
+    )
 }
 
 impl Envelope {
@@ -245,7 +270,12 @@ impl Envelope {
     pub fn object_stem(&self) -> String {
         let last = match &self.incident_id {
             Some(i) => i.clone(),
-            None => self.body.get("kind").and_then(|k| k.as_str()).unwrap_or("agent").to_owned(),
+            None => self
+                .body
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("agent")
+                .to_owned(),
         };
         object_stem(&self.host, self.seq, &self.recorded_at, &last)
     }
@@ -253,8 +283,15 @@ impl Envelope {
 
 /// The sequence number at the start of a bundle file name (`000000000042-…`), if any.
 pub fn seq_from_name(file_name: &str) -> Option<u64> {
-    let digits: String = file_name.chars().take_while(|c| c.is_ascii_digit()).collect();
-    if digits.len() == 12 { digits.parse().ok() } else { None }
+    let digits: String = file_name
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    if digits.len() == 12 {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -300,7 +337,10 @@ mod tests {
             (serde_json::json!({"x": 1e21}), r#"{"x":1e+21}"#),
             (serde_json::json!({"x": 0.000001}), r#"{"x":0.000001}"#),
             (serde_json::json!("é\u{1}\""), r#""é\u0001\"""#),
-            (serde_json::json!({"€": 1, "a": {"d": [], "c": {}}}), r#"{"a":{"c":{},"d":[]},"€":1}"#),
+            (
+                serde_json::json!({"€": 1, "a": {"d": [], "c": {}}}),
+                r#"{"a":{"c":{},"d":[]},"€":1}"#,
+            ),
         ];
         for (value, want) in cases {
             let got = String::from_utf8(canonical_bytes(value).unwrap()).unwrap();
@@ -318,7 +358,10 @@ mod tests {
             text.starts_with(r#"{"agent_version":"0.1.0","body":{"at":"2026-03-04T05:06:07Z","check":"unit_failed","from":null,"#),
             "{text}"
         );
-        assert!(text.contains(r#""recorded_at":"2026-03-04T05:06:08.000000Z""#), "{text}");
+        assert!(
+            text.contains(r#""recorded_at":"2026-03-04T05:06:08.000000Z""#),
+            "{text}"
+        );
         let p = ParsedBundle::parse(&bytes).unwrap();
         assert_eq!(p.envelope.seq, 1);
         assert_eq!(p.envelope.prev_hash, None);
@@ -349,13 +392,24 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (text.replacen("{", "{ ", 1), "canonical"),
             (text.replace("\"seq\":2", "\"seq\":2.0"), "canonical"),
-            (text.replace("msp-agent-evidence/1", "msp-agent-evidence/9"), "unknown format"),
-            (text.replace("\"incident_id\":\"inc-7\",\"key_id\"", "\"incident_id\":\"inc-8\",\"key_id\""), "differs"),
+            (
+                text.replace("msp-agent-evidence/1", "msp-agent-evidence/9"),
+                "unknown format",
+            ),
+            (
+                text.replace(
+                    "\"incident_id\":\"inc-7\",\"key_id\"",
+                    "\"incident_id\":\"inc-8\",\"key_id\"",
+                ),
+                "differs",
+            ),
             (text[..text.len() - 1].to_string(), "not valid JSON"),
             (r#"{"a":1}"#.to_string(), "envelope"),
         ];
         for (input, want) in cases {
-            let err = ParsedBundle::parse(input.as_bytes()).unwrap_err().to_string();
+            let err = ParsedBundle::parse(input.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{input}: got {err}, want {want}");
         }
     }
@@ -366,7 +420,10 @@ mod tests {
             object_stem("web-1", 42, "2026-03-04T05:06:08.000000Z", "inc/7 x"),
             "web-1/2026/03/04/000000000042-inc_7_x"
         );
-        assert_eq!(object_stem("..", 1, "bad", ""), "_../0000/00/00/000000000001-_");
+        assert_eq!(
+            object_stem("..", 1, "bad", ""),
+            "_../0000/00/00/000000000001-_"
+        );
         assert_eq!(seq_from_name("000000000042-inc.json"), Some(42));
         assert_eq!(seq_from_name("42-inc.json"), None);
     }

@@ -64,29 +64,47 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             request_timeout: None,
         })
         .await?;
-        let items = s3::list_items(&client, &bucket, &prefix).await?;
-        let opts = Options { allow_pruned: args.allow_pruned, check_retention: true, ..Options::default() };
-        (tokio::task::spawn_blocking(move || verify::verify_items(&items, &keys, &opts)).await?, true)
+        let (items, hidden) = s3::list_items(&client, &bucket, &prefix).await?;
+        let opts = Options {
+            allow_pruned: args.allow_pruned,
+            check_retention: true,
+            ..Options::default()
+        };
+        let mut report =
+            tokio::task::spawn_blocking(move || verify::verify_items(&items, &keys, &opts)).await?;
+        report.add_failures(hidden);
+        (report, true)
     } else {
         let dir = PathBuf::from(&args.source);
         let allow_pruned = args.allow_pruned;
-        let report = tokio::task::spawn_blocking(move || verify_dir(&dir, &keys, allow_pruned)).await??;
+        let report =
+            tokio::task::spawn_blocking(move || verify_dir(&dir, &keys, allow_pruned)).await??;
         (report, false)
     };
     let mut out = std::io::stdout().lock();
-    print_report(&mut out, &args.source, &report, retention, args.max_failures)?;
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    print_report(
+        &mut out,
+        &args.source,
+        &report,
+        retention,
+        args.max_failures,
+    )?;
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Read a directory tree and verify it.
 pub fn verify_dir(dir: &Path, keys: &TrustedKeys, allow_pruned: bool) -> anyhow::Result<Report> {
     let (items, read_failures) = local::read_dir_items(dir)?;
-    let opts = Options { allow_pruned, ..Options::default() };
+    let opts = Options {
+        allow_pruned,
+        ..Options::default()
+    };
     let mut report = verify::verify_items(&items, keys, &opts);
-    if !read_failures.is_empty() {
-        report.failures.extend(read_failures);
-        report.failures.sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
-    }
+    report.add_failures(read_failures);
     Ok(report)
 }
 
@@ -113,19 +131,31 @@ pub fn print_report(
         writeln!(out, "FAIL {f}")?;
     }
     if report.failures.len() > max_failures.max(1) {
-        writeln!(out, "… and {} more failures", report.failures.len() - max_failures.max(1))?;
+        writeln!(
+            out,
+            "… and {} more failures",
+            report.failures.len() - max_failures.max(1)
+        )?;
     }
     if let Some(first) = report.first_failure() {
-        writeln!(out, "verify {source}: FAILED ({} problems); first: {first}", report.failures.len())?;
+        writeln!(
+            out,
+            "verify {source}: FAILED ({} problems); first: {first}",
+            report.failures.len()
+        )?;
     } else if report.bundles == 0 {
         writeln!(out, "verify {source}: FAILED: no bundles found")?;
     } else {
         writeln!(
             out,
-            "verify {source}: OK: {} bundles from {} hosts; signatures, sequences and hash chains check out{}",
+            "verify {source}: OK: {} bundles from {} host(s); signatures, sequences and hash chains check out{}",
             report.bundles,
             report.hosts.len(),
-            if retention { "; every object is locked in COMPLIANCE mode" } else { "" }
+            if retention {
+                "; every object is locked in COMPLIANCE mode"
+            } else {
+                ""
+            }
         )?;
     }
     Ok(())
@@ -148,7 +178,9 @@ pub fn pubkey(args: PubkeyArgs) -> anyhow::Result<()> {
             let (path, host) = key_path_from_config(cfg)?;
             (read_public(&path)?, host)
         }
-        (None, None) => anyhow::bail!("give --config FILE (the agent's configuration) or --key FILE"),
+        (None, None) => {
+            anyhow::bail!("give --config FILE (the agent's configuration) or --key FILE")
+        }
     };
     let host = args.host.or(default_host).unwrap_or_else(hostname);
     println!("{}", keys::public_openssh(&public));
@@ -157,12 +189,15 @@ pub fn pubkey(args: PubkeyArgs) -> anyhow::Result<()> {
 }
 
 fn read_public(path: &Path) -> anyhow::Result<ssh_key::PublicKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key {}", path.display()))?;
     if text.contains("PRIVATE KEY") {
-        let key = keys::parse_private_key(&text).map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
+        let key = keys::parse_private_key(&text)
+            .map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
         return Ok(key.public_key().clone());
     }
-    let trusted = TrustedKeys::parse(&text).map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
+    let trusted =
+        TrustedKeys::parse(&text).map_err(|e| anyhow::anyhow!("key {}: {e}", path.display()))?;
     Ok(trusted.keys[0].key.clone())
 }
 

@@ -26,14 +26,20 @@ pub enum KeyError {
     )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("cannot read signing key {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "signing key {path} is not an unencrypted Ed25519 key ({why}); \
          create one with `ssh-keygen -t ed25519 -N '' -f {path}`"
     )]
     Format { path: PathBuf, why: String },
     #[error("cannot create signing key {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot sign: {0}")]
     Sign(String),
 }
@@ -66,7 +72,10 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("key_id", &self.key_id).field("source", &self.source).finish()
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -78,7 +87,10 @@ pub fn generated_key_path(state_dir: &Path) -> PathBuf {
 impl SigningKey {
     /// The configured key file; else `$CREDENTIALS_DIRECTORY/signing-key` if it exists;
     /// else `<state_dir>/evidence/signing.key`, generated (mode 0600) if missing.
-    pub fn load_or_generate(key_file: Option<&Path>, state_dir: &Path) -> Result<SigningKey, KeyError> {
+    pub fn load_or_generate(
+        key_file: Option<&Path>,
+        state_dir: &Path,
+    ) -> Result<SigningKey, KeyError> {
         if let Some(path) = key_file {
             return SigningKey::load(path, KeySource::File(path.to_owned()));
         }
@@ -97,21 +109,32 @@ impl SigningKey {
 
     /// Load a key file, refusing one that group or others may read.
     pub fn load(path: &Path, source: KeySource) -> Result<SigningKey, KeyError> {
-        let read_err = |source| KeyError::Read { path: path.to_owned(), source };
+        let read_err = |source| KeyError::Read {
+            path: path.to_owned(),
+            source,
+        };
         let meta = fs::metadata(path).map_err(read_err)?;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions { path: path.to_owned(), mode });
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
         let text = fs::read_to_string(path).map_err(read_err)?;
-        let key = parse_private_key(&text)
-            .map_err(|why| KeyError::Format { path: path.to_owned(), why })?;
+        let key = parse_private_key(&text).map_err(|why| KeyError::Format {
+            path: path.to_owned(),
+            why,
+        })?;
         Ok(SigningKey::from_private(key, source))
     }
 
     /// Generate a new key at `path` (mode 0600, written atomically and durably).
     pub fn generate(path: &Path) -> Result<SigningKey, KeyError> {
-        let create_err = |source| KeyError::Create { path: path.to_owned(), source };
+        let create_err = |source| KeyError::Create {
+            path: path.to_owned(),
+            source,
+        };
         let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
             .map_err(|e| create_err(std::io::Error::other(e.to_string())))?;
         let pem = key
@@ -131,21 +154,34 @@ impl SigningKey {
         f.sync_all().map_err(create_err)?;
         drop(f);
         fs::rename(&tmp, path).map_err(create_err)?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(create_err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(create_err)?;
         tracing::info!(path = %path.display(), "generated a new evidence signing key");
-        Ok(SigningKey::from_private(key, KeySource::Generated(path.to_owned())))
+        Ok(SigningKey::from_private(
+            key,
+            KeySource::Generated(path.to_owned()),
+        ))
     }
 
     pub fn from_private(key: PrivateKey, source: KeySource) -> SigningKey {
         let public = key.public_key().clone();
         let key_id = public.fingerprint(HashAlg::Sha256).to_string();
-        SigningKey { key, public, key_id, source }
+        SigningKey {
+            key,
+            public,
+            key_id,
+            source,
+        }
     }
 
     /// A key from a 32-byte seed (tests and fuzzing).
     pub fn from_seed(seed: [u8; 32]) -> SigningKey {
         let kp = ssh_key::private::Ed25519Keypair::from_seed(&seed);
-        SigningKey::from_private(PrivateKey::from(kp), KeySource::File(PathBuf::from("(seed)")))
+        SigningKey::from_private(
+            PrivateKey::from(kp),
+            KeySource::File(PathBuf::from("(seed)")),
+        )
     }
 
     /// OpenSSH fingerprint, `SHA256:…`: the `key_id` of every bundle this key signs.
@@ -172,7 +208,9 @@ impl SigningKey {
             .key
             .sign(NAMESPACE, HashAlg::Sha512, msg)
             .map_err(|e| KeyError::Sign(e.to_string()))?;
-        let mut pem = sig.to_pem(LineEnding::LF).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let mut pem = sig
+            .to_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
         if !pem.ends_with('\n') {
             pem.push('\n');
         }
@@ -187,7 +225,11 @@ pub fn parse_private_key(text: &str) -> Result<PrivateKey, String> {
     } else if text.contains("BEGIN PRIVATE KEY") {
         use base64::Engine;
         use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+        let b64: String = text
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| format!("PKCS#8 PEM body is not base64: {e}"))?;
@@ -215,7 +257,10 @@ pub fn public_openssh(key: &PublicKey) -> String {
 
 /// The allowed_signers line for `ssh-keygen -Y verify`.
 pub fn allowed_signers_line(principal: &str, key: &PublicKey) -> String {
-    format!("{principal} namespaces=\"{NAMESPACE}\" {}", public_openssh(key))
+    format!(
+        "{principal} namespaces=\"{NAMESPACE}\" {}",
+        public_openssh(key)
+    )
 }
 
 /// One key the verifier trusts, with the hosts it may sign for.
@@ -243,18 +288,30 @@ impl TrustedKeys {
                 continue;
             }
             let tokens: Vec<&str> = line.split_whitespace().collect();
-            let is_type = |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-");
+            let is_type =
+                |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-");
             let Some(i) = tokens.iter().position(|t| is_type(t)) else {
-                return Err(format!("line {}: no public key (expected `ssh-ed25519 AAAA…`)", n + 1));
+                return Err(format!(
+                    "line {}: no public key (expected `ssh-ed25519 AAAA…`)",
+                    n + 1
+                ));
             };
             let Some(b64) = tokens.get(i + 1) else {
                 return Err(format!("line {}: key type without key data", n + 1));
             };
             let key = PublicKey::from_openssh(&format!("{} {}", tokens[i], b64))
                 .map_err(|e| format!("line {}: not an OpenSSH public key: {e}", n + 1))?;
-            let principals = if i == 0 { None } else { Some(tokens[0].to_owned()) };
+            let principals = if i == 0 {
+                None
+            } else {
+                Some(tokens[0].to_owned())
+            };
             let key_id = key.fingerprint(HashAlg::Sha256).to_string();
-            keys.push(TrustedKey { key, key_id, principals });
+            keys.push(TrustedKey {
+                key,
+                key_id,
+                principals,
+            });
         }
         if keys.is_empty() {
             return Err("no public key in the file".into());
@@ -265,28 +322,49 @@ impl TrustedKeys {
     pub fn read(path: &Path) -> anyhow::Result<TrustedKeys> {
         let text = fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read public keys {}: {e}", path.display()))?;
-        TrustedKeys::parse(&text).map_err(|e| anyhow::anyhow!("public keys {}: {e}", path.display()))
+        TrustedKeys::parse(&text)
+            .map_err(|e| anyhow::anyhow!("public keys {}: {e}", path.display()))
     }
 
     /// Check one bundle's signature: trusted key, allowed for `host`, equal to the
     /// bundle's `key_id`, right namespace, valid over `msg`.
-    pub fn verify(&self, host: &str, key_id: &str, msg: &[u8], sig_pem: &[u8]) -> Result<(), String> {
-        let sig = SshSig::from_pem(sig_pem).map_err(|e| format!("signature is not an SSHSIG: {e}"))?;
+    pub fn verify(
+        &self,
+        host: &str,
+        key_id: &str,
+        msg: &[u8],
+        sig_pem: &[u8],
+    ) -> Result<(), String> {
+        let sig =
+            SshSig::from_pem(sig_pem).map_err(|e| format!("signature is not an SSHSIG: {e}"))?;
         if sig.namespace() != NAMESPACE {
-            return Err(format!("signature namespace is {:?}, not {NAMESPACE:?}", sig.namespace()));
+            return Err(format!(
+                "signature namespace is {:?}, not {NAMESPACE:?}",
+                sig.namespace()
+            ));
         }
         let signer = PublicKey::from(sig.public_key().clone());
         let signer_id = signer.fingerprint(HashAlg::Sha256).to_string();
-        let Some(trusted) = self.keys.iter().find(|k| k.key.key_data() == sig.public_key()) else {
-            return Err(format!("signed by {signer_id}, which is not among the trusted public keys"));
+        let Some(trusted) = self
+            .keys
+            .iter()
+            .find(|k| k.key.key_data() == sig.public_key())
+        else {
+            return Err(format!(
+                "signed by {signer_id}, which is not among the trusted public keys"
+            ));
         };
-        if let Some(p) = &trusted.principals {
-            if !principal_matches(p, host) {
-                return Err(format!("key {signer_id} is trusted for {p:?}, not for host {host:?}"));
-            }
+        if let Some(p) = &trusted.principals
+            && !principal_matches(p, host)
+        {
+            return Err(format!(
+                "key {signer_id} is trusted for {p:?}, not for host {host:?}"
+            ));
         }
         if signer_id != key_id {
-            return Err(format!("signed by {signer_id} but the bundle names key {key_id}"));
+            return Err(format!(
+                "signed by {signer_id} but the bundle names key {key_id}"
+            ));
         }
         trusted
             .key
@@ -329,7 +407,11 @@ mod tests {
     fn sign_then_verify_with_trusted_keys() {
         let k = SigningKey::from_seed([7; 32]);
         let sig = k.sign(b"hello").unwrap();
-        assert!(std::str::from_utf8(&sig).unwrap().starts_with("-----BEGIN SSH SIGNATURE-----"));
+        assert!(
+            std::str::from_utf8(&sig)
+                .unwrap()
+                .starts_with("-----BEGIN SSH SIGNATURE-----")
+        );
         let trusted = TrustedKeys::parse(&allowed_signers_line("web-*", k.public_key())).unwrap();
         assert_eq!(trusted.verify("web-1", k.key_id(), b"hello", &sig), Ok(()));
         let cases: &[(&str, &str, &[u8], &str)] = &[
@@ -342,7 +424,14 @@ mod tests {
             assert!(err.contains(want), "{host} {id}: {err}");
         }
         let other = SigningKey::from_seed([8; 32]);
-        let err = trusted.verify("web-1", other.key_id(), b"hello", &other.sign(b"hello").unwrap()).unwrap_err();
+        let err = trusted
+            .verify(
+                "web-1",
+                other.key_id(),
+                b"hello",
+                &other.sign(b"hello").unwrap(),
+            )
+            .unwrap_err();
         assert!(err.contains("not among the trusted"), "{err}");
     }
 
@@ -381,18 +470,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = generated_key_path(dir.path());
         let k = SigningKey::load_or_generate(None, dir.path()).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let again = SigningKey::load_or_generate(None, dir.path()).unwrap();
         assert_eq!(k.key_id(), again.key_id());
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = SigningKey::load_or_generate(None, dir.path()).unwrap_err().to_string();
-        assert!(err.contains(&path.display().to_string()) && err.contains("0640"), "{err}");
+        let err = SigningKey::load_or_generate(None, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("0640"),
+            "{err}"
+        );
 
         let bad = dir.path().join("bad");
         fs::write(&bad, "nope").unwrap();
         fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = SigningKey::load(&bad, KeySource::File(bad.clone())).unwrap_err().to_string();
+        let err = SigningKey::load(&bad, KeySource::File(bad.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ssh-keygen -t ed25519"), "{err}");
 
         // PKCS#8 PEM gives the same key as the OpenSSH form of the same seed.

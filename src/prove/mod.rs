@@ -88,6 +88,11 @@ pub struct S3Config {
     /// Longest wait between two upload attempts (exponential backoff with jitter).
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Bundles put at the same time. 1 (the default) uploads strictly in sequence
+    /// order; more speeds up catching up after an outage, and bundles within one
+    /// window may then land in any order (the upload mark still never skips one).
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
     /// Time limit for one S3 request.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -102,6 +107,9 @@ fn default_retention_days() -> u32 {
 }
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
+}
+fn default_upload_concurrency() -> usize {
+    1
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(20)
@@ -119,6 +127,7 @@ impl S3Config {
             retention_days: default_retention_days(),
             credentials_file: None,
             retry_max: default_retry_max(),
+            upload_concurrency: default_upload_concurrency(),
             request_timeout: default_request_timeout(),
         }
     }
@@ -169,9 +178,14 @@ mod tests {
         assert_eq!(s3.retry_max, Duration::from_secs(5));
         assert_eq!(s3.retention_days, 2190);
         assert_eq!(s3.region, "us-east-1");
-        let err = toml::from_str::<EvidenceConfig>("spool_max = 3").unwrap_err().to_string();
+        let err = toml::from_str::<EvidenceConfig>("spool_max = 3")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
         let back = toml::to_string(&EvidenceConfig::default()).unwrap();
-        assert_eq!(toml::from_str::<EvidenceConfig>(&back).unwrap(), EvidenceConfig::default());
+        assert_eq!(
+            toml::from_str::<EvidenceConfig>(&back).unwrap(),
+            EvidenceConfig::default()
+        );
     }
 }

@@ -129,19 +129,30 @@ pub struct Evidence {
 
 impl std::fmt::Debug for Evidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evidence").field("host", &self.inner.host).field("dir", &self.inner.dir).finish()
+        f.debug_struct("Evidence")
+            .field("host", &self.inner.host)
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
 /// The spool directory of one host under the state directory.
 pub fn spool_dir(state_dir: &Path, host: &str) -> PathBuf {
-    state_dir.join("evidence").join("spool").join(bundle::key_safe(host))
+    state_dir
+        .join("evidence")
+        .join("spool")
+        .join(bundle::key_safe(host))
 }
 
 impl Evidence {
     /// Load (or generate) the key, open and recover the spool, and record the start
     /// (preceded by a key change when the key differs from the chain's last one).
-    pub fn open(cfg: &EvidenceConfig, state_dir: &Path, host: &str, agent_version: &str) -> Result<Evidence, EvidenceError> {
+    pub fn open(
+        cfg: &EvidenceConfig,
+        state_dir: &Path,
+        host: &str,
+        agent_version: &str,
+    ) -> Result<Evidence, EvidenceError> {
         let key = SigningKey::load_or_generate(cfg.key_file.as_deref(), state_dir)?;
         Evidence::open_with_key(cfg, state_dir, host, agent_version, key)
     }
@@ -157,15 +168,26 @@ impl Evidence {
         let dir = spool_dir(state_dir, host);
         fs::create_dir_all(&dir)?;
         let lock_path = state_dir.join("evidence").join("lock");
-        let lock_file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| EvidenceError::Locked { path: dir.clone(), lock: lock_path.clone() })?;
+            .map_err(|_| EvidenceError::Locked {
+                path: dir.clone(),
+                lock: lock_path.clone(),
+            })?;
         let (spool, rec) = Spool::open(&dir)?;
         let (last_seq, last_hash, last_key) = match &rec.tail {
             Some(t) => (t.seq, Some(t.hash.clone()), Some(t.key_id.clone())),
             None => (0, None, None),
         };
-        let worm = if cfg.s3.is_some() { WormStatus::Checking } else { WormStatus::NotConfigured };
+        let worm = if cfg.s3.is_some() {
+            WormStatus::Checking
+        } else {
+            WormStatus::NotConfigured
+        };
         let ev = Evidence {
             inner: Arc::new(Inner {
                 host: host.to_owned(),
@@ -187,7 +209,8 @@ impl Evidence {
                 spool_bytes: AtomicU64::new(spool.total_bytes()),
                 spool: Mutex::new(spool),
                 spool_max_bytes: cfg.spool_max_bytes,
-                alarm_bytes: cfg.spool_max_bytes / 100 * u64::from(cfg.spool_alarm_percent.min(100)),
+                alarm_bytes: cfg.spool_max_bytes / 100
+                    * u64::from(cfg.spool_alarm_percent.min(100)),
                 keep_uploaded_bytes: cfg.keep_uploaded_bytes,
                 recorded: AtomicU64::new(0),
                 uploaded_seq: AtomicU64::new(rec.uploaded_seq),
@@ -202,7 +225,10 @@ impl Evidence {
             }),
         };
         if rec.removed_tmp > 0 {
-            tracing::warn!(removed = rec.removed_tmp, "evidence spool: removed unfinished writes left by a crash");
+            tracing::warn!(
+                removed = rec.removed_tmp,
+                "evidence spool: removed unfinished writes left by a crash"
+            );
         }
         if last_key.as_deref() != Some(ev.inner.key.key_id()) {
             if let Some(old) = &last_key {
@@ -259,8 +285,15 @@ impl Evidence {
         st.prev_hash = Some(hash.clone());
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.pending.push(Pending { ticket, record: SpoolRecord { seq, json, sig } });
-        let sealed = Sealed { seq, hash, incident_id: body.incident_id().unwrap_or_default().to_owned() };
+        st.pending.push(Pending {
+            ticket,
+            record: SpoolRecord { seq, json, sig },
+        });
+        let sealed = Sealed {
+            seq,
+            hash,
+            incident_id: body.incident_id().unwrap_or_default().to_owned(),
+        };
 
         loop {
             if st.done_ticket >= ticket {
@@ -297,8 +330,13 @@ impl Evidence {
                 st.durable_seq = last_seq;
                 st.durable_hash = Some(bundle::hash_hex(&records.last().expect("non-empty").json));
                 st.done_ticket = last_ticket;
-                inner.recorded.fetch_add(records.len() as u64, Ordering::Relaxed);
-                inner.spool_bytes.store(inner.spool.lock().expect("spool lock").total_bytes(), Ordering::Relaxed);
+                inner
+                    .recorded
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                inner.spool_bytes.store(
+                    inner.spool.lock().expect("spool lock").total_bytes(),
+                    Ordering::Relaxed,
+                );
                 inner.notify.notify_one();
             }
             Err(e) => {
@@ -332,11 +370,18 @@ impl Evidence {
             return Ok(());
         }
         let mut spool = inner.spool.lock().expect("spool lock");
-        spool.prune_uploaded(inner.uploaded_seq.load(Ordering::Relaxed), inner.spool_max_bytes / 2)?;
+        spool.prune_uploaded(
+            inner.uploaded_seq.load(Ordering::Relaxed),
+            inner.spool_max_bytes / 2,
+        )?;
         let used = spool.total_bytes();
         inner.spool_bytes.store(used, Ordering::Relaxed);
         if used >= inner.spool_max_bytes {
-            let e = EvidenceError::SpoolFull { path: inner.dir.clone(), used, max: inner.spool_max_bytes };
+            let e = EvidenceError::SpoolFull {
+                path: inner.dir.clone(),
+                used,
+                max: inner.spool_max_bytes,
+            };
             tracing::error!(error = %e, "evidence spool full");
             return Err(e);
         }
@@ -369,12 +414,21 @@ impl Evidence {
 
     /// Bundles durable locally but not yet in S3.
     pub fn spool_depth(&self) -> u64 {
-        let durable = self.inner.state.lock().expect("evidence state lock").durable_seq;
+        let durable = self
+            .inner
+            .state
+            .lock()
+            .expect("evidence state lock")
+            .durable_seq;
         durable.saturating_sub(self.inner.uploaded_seq.load(Ordering::Relaxed))
     }
 
     pub fn last_seq(&self) -> u64 {
-        self.inner.state.lock().expect("evidence state lock").durable_seq
+        self.inner
+            .state
+            .lock()
+            .expect("evidence state lock")
+            .durable_seq
     }
 
     pub fn key_id(&self) -> &str {
@@ -420,12 +474,21 @@ impl Evidence {
     }
 
     /// Durable bundles after `after`, in order, at most `max`.
-    pub(crate) fn durable_after(&self, after: u64, max: usize) -> std::io::Result<Vec<SpoolRecord>> {
+    pub(crate) fn durable_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> std::io::Result<Vec<SpoolRecord>> {
         let upto = self.last_seq();
         if upto <= after {
             return Ok(Vec::new());
         }
-        let paths = self.inner.spool.lock().expect("spool lock").segment_paths_after(after, upto);
+        let paths = self
+            .inner
+            .spool
+            .lock()
+            .expect("spool lock")
+            .segment_paths_after(after, upto);
         let mut out = Vec::new();
         for p in paths {
             for r in super::spool::read_segment_file(&p)? {
@@ -448,7 +511,9 @@ impl Evidence {
             let mut spool = inner.spool.lock().expect("spool lock");
             spool.write_uploaded(inner.uploaded_seq.load(Ordering::Relaxed))?;
             spool.prune_uploaded(seq, inner.keep_uploaded_bytes)?;
-            inner.spool_bytes.store(spool.total_bytes(), Ordering::Relaxed);
+            inner
+                .spool_bytes
+                .store(spool.total_bytes(), Ordering::Relaxed);
             drop(spool);
             self.check_alarm();
         }

@@ -18,7 +18,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::verify::{Item, Retention};
+use super::verify::{Failure, Item, Retention};
 
 /// Name of the credentials file inside `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "s3-credentials";
@@ -52,11 +52,17 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
     let (mut id, mut secret, mut token) = (None, None, None);
     for line in text.lines() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[') {
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with('[')
+        {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = v.trim().trim_matches('"').to_owned();
         match k.trim().to_ascii_lowercase().as_str() {
             "aws_access_key_id" => id = Some(v),
@@ -66,13 +72,20 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
         }
     }
     match (id, secret) {
-        (Some(id), Some(secret)) => Ok(Credentials::new(id, secret, token, None, "msp-agent-credentials-file")),
+        (Some(id), Some(secret)) => Ok(Credentials::new(
+            id,
+            secret,
+            token,
+            None,
+            "msp-agent-credentials-file",
+        )),
         _ => Err("needs aws_access_key_id and aws_secret_access_key".into()),
     }
 }
 
 fn credentials_from(path: &Path) -> anyhow::Result<Credentials> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read S3 credentials {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read S3 credentials {}", path.display()))?;
     parse_credentials(&text).map_err(|e| anyhow::anyhow!("S3 credentials {}: {e}", path.display()))
 }
 
@@ -84,7 +97,11 @@ pub async fn client(s: &ClientSettings) -> anyhow::Result<Client> {
         p.exists().then_some(p)
     });
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(if s.region.is_empty() { "us-east-1".to_owned() } else { s.region.clone() }))
+        .region(Region::new(if s.region.is_empty() {
+            "us-east-1".to_owned()
+        } else {
+            s.region.clone()
+        }))
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -94,7 +111,9 @@ pub async fn client(s: &ClientSettings) -> anyhow::Result<Client> {
         );
     loader = match credential_path {
         Some(p) => loader.credentials_provider(credentials_from(&p)?),
-        None => loader.credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new()),
+        None => loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        ),
     };
     if let Some(e) = &s.endpoint {
         loader = loader.endpoint_url(e);
@@ -158,10 +177,18 @@ pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
 /// The key of a bundle object: `<prefix>/<stem>.json` (or `.sig`).
 pub fn object_key(prefix: &str, stem: &str, ext: &str) -> String {
     let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() { format!("{stem}.{ext}") } else { format!("{prefix}/{stem}.{ext}") }
+    if prefix.is_empty() {
+        format!("{stem}.{ext}")
+    } else {
+        format!("{prefix}/{stem}.{ext}")
+    }
 }
 
-async fn get_with_retention(client: &Client, bucket: &str, key: &str) -> anyhow::Result<Option<(Vec<u8>, Retention)>> {
+async fn get_with_retention(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Option<(Vec<u8>, Retention)>> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(o) => o,
         Err(e) if status_of(&e) == Some(404) => return Ok(None),
@@ -174,22 +201,83 @@ async fn get_with_retention(client: &Client, bucket: &str, key: &str) -> anyhow:
             until: out.object_lock_retain_until_date().and_then(to_chrono),
         },
     };
-    let body = out.body.collect().await.with_context(|| format!("reading s3://{bucket}/{key}"))?;
+    let body = out
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("reading s3://{bucket}/{key}"))?;
     Ok(Some((body.into_bytes().to_vec(), retention)))
 }
 
-/// Every bundle under `prefix` (all hosts), with its signature and both retentions.
-pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<Vec<Item>> {
-    let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+/// Every bundle under `prefix` (all hosts), with its signature and both retentions,
+/// and the bundles hidden behind a delete marker (their locked versions are still
+/// there, but a reader of the current objects would not see them).
+pub async fn list_items(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<(Vec<Item>, Vec<Failure>)> {
+    let list_prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let mut hidden = Vec::new();
+    let (mut key_marker, mut version_marker) = (None, None);
+    loop {
+        let page = client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(&list_prefix)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "ListObjectVersions s3://{bucket}/{list_prefix}: {}",
+                    describe(&e)
+                )
+            })?;
+        for m in page.delete_markers() {
+            let Some(key) = m.key() else { continue };
+            if m.is_latest() != Some(true) || !(key.ends_with(".json") || key.ends_with(".sig")) {
+                continue;
+            }
+            let rel = key.strip_prefix(&list_prefix).unwrap_or(key);
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            hidden.push(Failure {
+                host: rel.split('/').next().unwrap_or_default().to_owned(),
+                seq: super::bundle::seq_from_name(file),
+                name: format!("s3://{bucket}/{key}"),
+                reason: "hidden by a delete marker (someone deleted it; its locked version is still in the bucket)".into(),
+            });
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        version_marker = page.next_version_id_marker().map(str::to_owned);
+    }
     let mut keys = Vec::new();
-    let mut pages = client.list_objects_v2().bucket(bucket).prefix(&list_prefix).into_paginator().send();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(&list_prefix)
+        .into_paginator()
+        .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| anyhow::anyhow!("ListObjectsV2 s3://{bucket}/{list_prefix}: {}", describe(&e)))?;
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "ListObjectsV2 s3://{bucket}/{list_prefix}: {}",
+                describe(&e)
+            )
+        })?;
         for o in page.contents() {
-            if let Some(k) = o.key() {
-                if k.ends_with(".json") {
-                    keys.push(k.to_owned());
-                }
+            if let Some(k) = o.key()
+                && k.ends_with(".json")
+            {
+                keys.push(k.to_owned());
             }
         }
     }
@@ -204,7 +292,11 @@ pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::
                 let sig = get_with_retention(client, bucket, &sig_key).await?;
                 let rel = key.strip_prefix(&list_prefix).unwrap_or(&key);
                 let file = rel.rsplit('/').next().unwrap_or(rel);
-                let mut item = Item::new(format!("s3://{bucket}/{key}"), json, sig.as_ref().map(|s| s.0.clone()));
+                let mut item = Item::new(
+                    format!("s3://{bucket}/{key}"),
+                    json,
+                    sig.as_ref().map(|s| s.0.clone()),
+                );
                 item.name_seq = Some(super::bundle::seq_from_name(file).unwrap_or(u64::MAX));
                 item.name_host = rel.split('/').next().map(str::to_owned);
                 item.retention = Some((jr, sig.map_or(Retention::None, |s| s.1)));
@@ -214,7 +306,7 @@ pub async fn list_items(client: &Client, bucket: &str, prefix: &str) -> anyhow::
         .buffer_unordered(16)
         .try_collect()
         .await?;
-    Ok(items)
+    Ok((items, hidden))
 }
 
 #[cfg(test)]
@@ -223,16 +315,23 @@ mod tests {
 
     #[test]
     fn credentials_file_forms() {
-        let c = parse_credentials("[default]\naws_access_key_id = AK\naws_secret_access_key=SK\n").unwrap();
+        let c = parse_credentials("[default]\naws_access_key_id = AK\naws_secret_access_key=SK\n")
+            .unwrap();
         assert_eq!((c.access_key_id(), c.secret_access_key()), ("AK", "SK"));
-        let c = parse_credentials("export AWS_ACCESS_KEY_ID=\"A\"\nAWS_SECRET_ACCESS_KEY=S\nAWS_SESSION_TOKEN=T").unwrap();
+        let c = parse_credentials(
+            "export AWS_ACCESS_KEY_ID=\"A\"\nAWS_SECRET_ACCESS_KEY=S\nAWS_SESSION_TOKEN=T",
+        )
+        .unwrap();
         assert_eq!(c.session_token(), Some("T"));
         assert!(parse_credentials("aws_access_key_id=x").is_err());
     }
 
     #[test]
     fn s3_urls_and_keys() {
-        assert_eq!(parse_s3_url("s3://b/p/q/"), Some(("b".into(), "p/q".into())));
+        assert_eq!(
+            parse_s3_url("s3://b/p/q/"),
+            Some(("b".into(), "p/q".into()))
+        );
         assert_eq!(parse_s3_url("s3://b"), Some(("b".into(), "".into())));
         assert_eq!(parse_s3_url("/tmp"), None);
         assert_eq!(object_key("", "h/x", "json"), "h/x.json");

@@ -54,7 +54,10 @@ pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 }
 
 pub fn encode_segment(records: &[SpoolRecord]) -> Vec<u8> {
-    let size: usize = records.iter().map(|r| r.json.len() + r.sig.len() + 48).sum();
+    let size: usize = records
+        .iter()
+        .map(|r| r.json.len() + r.sig.len() + 48)
+        .sum();
     let mut out = Vec::with_capacity(SEGMENT_MAGIC.len() + size);
     out.extend_from_slice(SEGMENT_MAGIC);
     for r in records {
@@ -78,22 +81,32 @@ pub fn parse_segment(bytes: &[u8]) -> Result<Vec<SpoolRecord>, String> {
             .take(64)
             .position(|&b| b == b'\n')
             .ok_or_else(|| format!("truncated or corrupt record header at byte {at}"))?;
-        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| format!("record header at byte {at} is not text"))?;
+        let header = std::str::from_utf8(&rest[..nl])
+            .map_err(|_| format!("record header at byte {at} is not text"))?;
         let nums: Vec<&str> = header.split(' ').collect();
         let parse = |s: &str| -> Option<u64> {
-            (!s.is_empty() && s.len() <= 20 && s.bytes().all(|c| c.is_ascii_digit()) && (s == "0" || !s.starts_with('0')))
-                .then(|| s.parse().ok())
-                .flatten()
+            (!s.is_empty()
+                && s.len() <= 20
+                && s.bytes().all(|c| c.is_ascii_digit())
+                && (s == "0" || !s.starts_with('0')))
+            .then(|| s.parse().ok())
+            .flatten()
         };
         let [seq, jl, sl] = nums[..] else {
-            return Err(format!("record header at byte {at} is not `<seq> <len> <len>`"));
+            return Err(format!(
+                "record header at byte {at} is not `<seq> <len> <len>`"
+            ));
         };
         let (Some(seq), Some(jl), Some(sl)) = (parse(seq), parse(jl), parse(sl)) else {
-            return Err(format!("record header at byte {at} is not `<seq> <len> <len>`"));
+            return Err(format!(
+                "record header at byte {at} is not `<seq> <len> <len>`"
+            ));
         };
         let (jl, sl) = (jl as usize, sl as usize);
         if jl > MAX_RECORD_BYTES || sl > MAX_RECORD_BYTES {
-            return Err(format!("record at byte {at} claims {jl}+{sl} bytes, more than allowed"));
+            return Err(format!(
+                "record at byte {at} claims {jl}+{sl} bytes, more than allowed"
+            ));
         }
         let body = &rest[nl + 1..];
         if body.len() < jl + sl {
@@ -103,7 +116,11 @@ pub fn parse_segment(bytes: &[u8]) -> Result<Vec<SpoolRecord>, String> {
                 body.len()
             ));
         }
-        out.push(SpoolRecord { seq, json: body[..jl].to_vec(), sig: body[jl..jl + sl].to_vec() });
+        out.push(SpoolRecord {
+            seq,
+            json: body[..jl].to_vec(),
+            sig: body[jl..jl + sl].to_vec(),
+        });
         rest = &body[jl + sl..];
     }
     Ok(out)
@@ -148,7 +165,11 @@ impl Spool {
     /// Open (creating it, mode 0700) and recover: remove unfinished writes, check that
     /// segments are contiguous, and read the last bundle.
     pub fn open(dir: &Path) -> io::Result<(Spool, Recovery)> {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io_ctx(dir, "cannot create spool", e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_ctx(dir, "cannot create spool", e))?;
         let dir_file = File::open(dir).map_err(|e| io_ctx(dir, "cannot open spool", e))?;
         let mut rec = Recovery::default();
         let mut segs = Vec::new();
@@ -156,10 +177,15 @@ impl Spool {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
-                fs::remove_file(entry.path()).map_err(|e| io_ctx(&entry.path(), "cannot remove", e))?;
+                fs::remove_file(entry.path())
+                    .map_err(|e| io_ctx(&entry.path(), "cannot remove", e))?;
                 rec.removed_tmp += 1;
             } else if let Some((first, last)) = parse_segment_name(&name) {
-                segs.push(SegmentInfo { first, last, bytes: entry.metadata()?.len() });
+                segs.push(SegmentInfo {
+                    first,
+                    last,
+                    bytes: entry.metadata()?.len(),
+                });
             }
         }
         if rec.removed_tmp > 0 {
@@ -181,19 +207,38 @@ impl Spool {
             }
         }
         let total_bytes = segs.iter().map(|s| s.bytes).sum();
-        let spool = Spool { dir: dir.to_owned(), dir_file, segments: segs.into(), total_bytes };
+        let spool = Spool {
+            dir: dir.to_owned(),
+            dir_file,
+            segments: segs.into(),
+            total_bytes,
+        };
         if let Some(last) = spool.segments.back() {
             let path = spool.segment_path(last);
             let records = read_segment_file(&path)?;
-            let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+            let bad = |why: String| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {why}", path.display()),
+                )
+            };
             let r = records.last().ok_or_else(|| bad("empty segment".into()))?;
             if r.seq != last.last {
-                return Err(bad(format!("last record is seq {}, the name says {}", r.seq, last.last)));
+                return Err(bad(format!(
+                    "last record is seq {}, the name says {}",
+                    r.seq, last.last
+                )));
             }
             let p = ParsedBundle::parse(&r.json).map_err(|e| bad(format!("last bundle: {e}")))?;
-            rec.tail = Some(Tail { seq: r.seq, hash: p.hash, key_id: p.envelope.key_id });
+            rec.tail = Some(Tail {
+                seq: r.seq,
+                hash: p.hash,
+                key_id: p.envelope.key_id,
+            });
         }
-        rec.uploaded_seq = spool.read_uploaded()?.min(rec.tail.as_ref().map_or(0, |t| t.seq));
+        rec.uploaded_seq = spool
+            .read_uploaded()?
+            .min(rec.tail.as_ref().map_or(0, |t| t.seq));
         Ok((spool, rec))
     }
 
@@ -216,13 +261,23 @@ impl Spool {
     /// Write consecutive records as one segment, durably. On error nothing of it remains
     /// (`Ok(false)` inside the error path means the cleanup itself failed: see `write`).
     pub fn write(&mut self, records: &[SpoolRecord]) -> Result<(), WriteError> {
-        let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(()) };
-        let info = SegmentInfo { first: first.seq, last: last.seq, bytes: 0 };
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(());
+        };
+        let info = SegmentInfo {
+            first: first.seq,
+            last: last.seq,
+            bytes: 0,
+        };
         let path = self.segment_path(&info);
         let tmp = path.with_extension("seg.tmp");
         let bytes = encode_segment(records);
         let result = (|| -> io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             drop(f);
@@ -232,7 +287,10 @@ impl Spool {
         match result {
             Ok(()) => {
                 self.total_bytes += bytes.len() as u64;
-                self.segments.push_back(SegmentInfo { bytes: bytes.len() as u64, ..info });
+                self.segments.push_back(SegmentInfo {
+                    bytes: bytes.len() as u64,
+                    ..info
+                });
                 Ok(())
             }
             Err(e) => {
@@ -250,7 +308,11 @@ impl Spool {
     /// Records with `seq > after` and `seq <= upto`, at most `max` of them, in order.
     pub fn read_after(&self, after: u64, upto: u64, max: usize) -> io::Result<Vec<SpoolRecord>> {
         let mut out = Vec::new();
-        for s in self.segments.iter().filter(|s| s.last > after && s.first <= upto) {
+        for s in self
+            .segments
+            .iter()
+            .filter(|s| s.last > after && s.first <= upto)
+        {
             for r in read_segment_file(&self.segment_path(s))? {
                 if r.seq > after && r.seq <= upto {
                     out.push(r);
@@ -266,7 +328,11 @@ impl Spool {
     /// Segment files (paths) that hold sequences in `(after, upto]`, for reading
     /// without holding the spool.
     pub fn segment_paths_after(&self, after: u64, upto: u64) -> Vec<PathBuf> {
-        self.segments.iter().filter(|s| s.last > after && s.first <= upto).map(|s| self.segment_path(s)).collect()
+        self.segments
+            .iter()
+            .filter(|s| s.last > after && s.first <= upto)
+            .map(|s| self.segment_path(s))
+            .collect()
     }
 
     /// Delete whole segments already uploaded (`last <= uploaded`), oldest first, while
@@ -295,7 +361,10 @@ impl Spool {
         let path = self.dir.join(UPLOADED_FILE);
         match fs::read_to_string(&path) {
             Ok(s) => s.trim().parse().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{} does not hold a number", path.display()))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} does not hold a number", path.display()),
+                )
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(io_ctx(&path, "cannot read", e)),
@@ -321,7 +390,12 @@ pub struct WriteError {
 
 pub fn read_segment_file(path: &Path) -> io::Result<Vec<SpoolRecord>> {
     let bytes = fs::read(path).map_err(|e| io_ctx(path, "cannot read", e))?;
-    parse_segment(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+    parse_segment(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// Write every bundle of a spool tree as `<object key>.json` / `.sig` files under `out`,
@@ -341,8 +415,12 @@ pub fn export(spool_root: &Path, out: &Path) -> io::Result<u64> {
                 continue;
             }
             for r in read_segment_file(&path)? {
-                let p = ParsedBundle::parse(&r.json)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: seq {}: {e}", path.display(), r.seq)))?;
+                let p = ParsedBundle::parse(&r.json).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: seq {}: {e}", path.display(), r.seq),
+                    )
+                })?;
                 let stem = out.join(p.envelope.object_stem());
                 fs::create_dir_all(stem.parent().expect("stem has a parent"))?;
                 fs::write(stem.with_extension("json"), &r.json)?;
@@ -359,7 +437,11 @@ mod tests {
     use super::*;
 
     fn rec(seq: u64) -> SpoolRecord {
-        SpoolRecord { seq, json: format!("{{\"seq\":{seq}}}").into_bytes(), sig: b"SIG\n".to_vec() }
+        SpoolRecord {
+            seq,
+            json: format!("{{\"seq\":{seq}}}").into_bytes(),
+            sig: b"SIG\n".to_vec(),
+        }
     }
 
     #[test]
@@ -372,12 +454,19 @@ mod tests {
             (b"garbage".to_vec(), "bad header"),
             ([SEGMENT_MAGIC, b"1 01 0\n"].concat(), "not `<seq>"),
             ([SEGMENT_MAGIC, b"1 2\n"].concat(), "not `<seq>"),
-            ([SEGMENT_MAGIC, b"1 99999999999 0\n"].concat(), "more than allowed"),
+            (
+                [SEGMENT_MAGIC, b"1 99999999999 0\n"].concat(),
+                "more than allowed",
+            ),
             ([SEGMENT_MAGIC, b"1 1 1"].concat(), "truncated or corrupt"),
         ];
         for (input, want) in cases {
             let err = parse_segment(&input).unwrap_err();
-            assert!(err.contains(want), "{}: {err}", String::from_utf8_lossy(&input));
+            assert!(
+                err.contains(want),
+                "{}: {err}",
+                String::from_utf8_lossy(&input)
+            );
         }
         assert_eq!(parse_segment(SEGMENT_MAGIC).unwrap(), vec![]);
     }
@@ -385,8 +474,15 @@ mod tests {
     #[test]
     fn segment_names() {
         assert_eq!(segment_name(1, 12), "000000000001-000000000012.seg");
-        assert_eq!(parse_segment_name("000000000001-000000000012.seg"), Some((1, 12)));
-        for bad in ["000000000002-000000000001.seg", "1-2.seg", "000000000001-000000000012.seg.tmp"] {
+        assert_eq!(
+            parse_segment_name("000000000001-000000000012.seg"),
+            Some((1, 12))
+        );
+        for bad in [
+            "000000000002-000000000001.seg",
+            "1-2.seg",
+            "000000000001-000000000012.seg.tmp",
+        ] {
             assert_eq!(parse_segment_name(bad), None, "{bad}");
         }
     }

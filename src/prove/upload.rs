@@ -13,8 +13,10 @@
 //! reported as a conflict, never overwritten.
 //!
 //! Failures back off exponentially with jitter up to `retry_max`, then retry the same
-//! bundle: nothing is skipped, and nothing later goes up before it.
+//! bundle: nothing is skipped, and (with the default `upload_concurrency` of 1)
+//! nothing later goes up before it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
@@ -25,11 +27,11 @@ use chrono::Utc;
 use md5::{Digest, Md5};
 use tokio_util::sync::CancellationToken;
 
+use super::S3Config;
 use super::bundle::ParsedBundle;
 use super::recorder::{Evidence, WormStatus};
 use super::s3::{self, describe, object_key, status_of};
 use super::spool::SpoolRecord;
-use super::S3Config;
 
 /// How often a bucket without Object Lock is asked again.
 const LOCK_RECHECK: Duration = Duration::from_secs(300);
@@ -50,11 +52,18 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff { base, max: max.max(base), attempt: 0 }
+        Backoff {
+            base,
+            max: max.max(base),
+            attempt: 0,
+        }
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = exp / 2;
         half + half.mul_f64(rand::random::<f64>())
@@ -92,7 +101,7 @@ struct Uploader {
     cfg: S3Config,
     client: Client,
     /// Ask before putting: set at start and after any failed request.
-    probe: bool,
+    probe: AtomicBool,
 }
 
 /// Sleep unless cancelled first; true when cancelled.
@@ -120,7 +129,12 @@ pub async fn run(evidence: Evidence, s3: S3Config, cancel: CancellationToken) {
             }
         }
     };
-    let mut up = Uploader { ev: evidence, cfg: s3, client, probe: true };
+    let mut up = Uploader {
+        ev: evidence,
+        cfg: s3,
+        client,
+        probe: AtomicBool::new(true),
+    };
     up.run(cancel, backoff).await
 }
 
@@ -204,18 +218,38 @@ impl Uploader {
     }
 
     async fn check_lock(&self) -> Lock {
-        match self.client.get_object_lock_configuration().bucket(&self.cfg.bucket).send().await {
-            Ok(out) => match out.object_lock_configuration().and_then(|c| c.object_lock_enabled()) {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.cfg.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => match out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+            {
                 Some(ObjectLockEnabled::Enabled) => Lock::Enabled,
                 _ => Lock::NotEnabled("ObjectLockEnabled is not Enabled".into()),
             },
             Err(e) => {
                 use aws_sdk_s3::error::ProvideErrorMetadata;
-                let code = e.as_service_error().and_then(|s| s.code()).map(str::to_owned);
+                let code = e
+                    .as_service_error()
+                    .and_then(|s| s.code())
+                    .map(str::to_owned);
                 match code.as_deref() {
-                    Some("ObjectLockConfigurationNotFoundError") => Lock::NotEnabled("no Object Lock configuration".into()),
-                    Some("NoSuchBucket") => Lock::Error(format!("bucket {} does not exist", self.cfg.bucket)),
-                    _ => Lock::Error(format!("GetObjectLockConfiguration {}: {}", self.cfg.bucket, describe(&e))),
+                    Some("ObjectLockConfigurationNotFoundError") => {
+                        Lock::NotEnabled("no Object Lock configuration".into())
+                    }
+                    Some("NoSuchBucket") => {
+                        Lock::Error(format!("bucket {} does not exist", self.cfg.bucket))
+                    }
+                    _ => Lock::Error(format!(
+                        "GetObjectLockConfiguration {}: {}",
+                        self.cfg.bucket,
+                        describe(&e)
+                    )),
                 }
             }
         }
@@ -233,12 +267,22 @@ impl Uploader {
             if records.is_empty() {
                 return Ok(());
             }
-            for r in &records {
-                self.upload(r).await?;
-                self.ev.note_uploaded();
-                self.ev.mark_uploaded(r.seq, false).map_err(|e| Failure::Retry(e.to_string()))?;
+            // Strictly in order with the default window of 1; a larger window puts that
+            // many bundles at once, and the upload mark still only passes a complete prefix.
+            for chunk in records.chunks(self.cfg.upload_concurrency.max(1)) {
+                let results =
+                    futures_util::future::join_all(chunk.iter().map(|r| self.upload(r))).await;
+                for (r, result) in chunk.iter().zip(results) {
+                    result?;
+                    self.ev.note_uploaded();
+                    self.ev
+                        .mark_uploaded(r.seq, false)
+                        .map_err(|e| Failure::Retry(e.to_string()))?;
+                }
             }
-            self.persist().await.map_err(|e| Failure::Retry(format!("cannot save the upload mark: {e}")))?;
+            self.persist()
+                .await
+                .map_err(|e| Failure::Retry(format!("cannot save the upload mark: {e}")))?;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -248,25 +292,41 @@ impl Uploader {
     async fn persist(&self) -> std::io::Result<()> {
         let ev = self.ev.clone();
         let seq = ev.uploaded_seq();
-        tokio::task::spawn_blocking(move || ev.mark_uploaded(seq, true)).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || ev.mark_uploaded(seq, true))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
-    async fn upload(&mut self, r: &SpoolRecord) -> Result<(), Failure> {
-        let p = ParsedBundle::parse(&r.json)
-            .map_err(|e| Failure::Conflict(format!("spool bundle seq {} is damaged: {e}", r.seq)))?;
+    async fn upload(&self, r: &SpoolRecord) -> Result<(), Failure> {
+        let p = ParsedBundle::parse(&r.json).map_err(|e| {
+            Failure::Conflict(format!("spool bundle seq {} is damaged: {e}", r.seq))
+        })?;
         let stem = p.envelope.object_stem();
         let prefix = self.cfg.prefix.clone();
         // Signature first: a bundle object in the bucket always has its signature beside it.
-        self.put_once(&object_key(&prefix, &stem, "sig"), &r.sig, "text/plain").await?;
-        self.put_once(&object_key(&prefix, &stem, "json"), &r.json, "application/json").await
+        self.put_once(&object_key(&prefix, &stem, "sig"), &r.sig, "text/plain")
+            .await?;
+        self.put_once(
+            &object_key(&prefix, &stem, "json"),
+            &r.json,
+            "application/json",
+        )
+        .await
     }
 
-    async fn put_once(&mut self, key: &str, bytes: &[u8], content_type: &str) -> Result<(), Failure> {
+    async fn put_once(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<(), Failure> {
         let bucket = self.cfg.bucket.clone();
         let md5 = Md5::digest(bytes);
         let md5_hex = hex::encode(md5);
-        if self.probe {
-            match self.client.head_object().bucket(&bucket).key(key).send().await {
+        if self.probe.load(Ordering::Relaxed) {
+            match self
+                .client
+                .head_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+            {
                 Ok(h) => {
                     if h.e_tag().map(|t| t.trim_matches('"')) == Some(md5_hex.as_str()) {
                         return Ok(());
@@ -278,8 +338,15 @@ impl Uploader {
                         .key(key)
                         .send()
                         .await
-                        .map_err(|e| Failure::Retry(format!("GetObject {key}: {}", describe(&e))))?;
-                    let body = got.body.collect().await.map_err(|e| Failure::Retry(e.to_string()))?.into_bytes();
+                        .map_err(|e| {
+                            Failure::Retry(format!("GetObject {key}: {}", describe(&e)))
+                        })?;
+                    let body = got
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| Failure::Retry(e.to_string()))?
+                        .into_bytes();
                     if body.as_ref() == bytes {
                         return Ok(());
                     }
@@ -288,9 +355,12 @@ impl Uploader {
                          another agent may use the same host name and prefix"
                     )));
                 }
-                Err(e) if status_of(&e) == Some(404) => self.probe = false,
+                Err(e) if status_of(&e) == Some(404) => self.probe.store(false, Ordering::Relaxed),
                 Err(e) => {
-                    return Err(Failure::Retry(format!("HeadObject s3://{bucket}/{key}: {}", describe(&e))));
+                    return Err(Failure::Retry(format!(
+                        "HeadObject s3://{bucket}/{key}: {}",
+                        describe(&e)
+                    )));
                 }
             }
         }
@@ -309,17 +379,24 @@ impl Uploader {
             .await;
         match result {
             Ok(out) => {
-                if let Some(tag) = out.e_tag() {
-                    if tag.trim_matches('"') != md5_hex {
-                        tracing::warn!(key, etag = tag, "S3 answered with an ETag that is not the MD5 of the bundle");
-                    }
+                if let Some(tag) = out.e_tag()
+                    && tag.trim_matches('"') != md5_hex
+                {
+                    tracing::warn!(
+                        key,
+                        etag = tag,
+                        "S3 answered with an ETag that is not the MD5 of the bundle"
+                    );
                 }
                 Ok(())
             }
             Err(e) => {
                 // The request may have landed anyway: ask before the next put.
-                self.probe = true;
-                Err(Failure::Retry(format!("PutObject s3://{bucket}/{key}: {}", describe(&e))))
+                self.probe.store(true, Ordering::Relaxed);
+                Err(Failure::Retry(format!(
+                    "PutObject s3://{bucket}/{key}: {}",
+                    describe(&e)
+                )))
             }
         }
     }
@@ -335,7 +412,11 @@ mod tests {
         let d: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
         for (i, x) in d.iter().enumerate() {
             let cap = Duration::from_millis(100 * (1 << i)).min(Duration::from_secs(1));
-            assert!(*x >= cap / 2 && *x <= cap, "attempt {i}: {x:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                *x >= cap / 2 && *x <= cap,
+                "attempt {i}: {x:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

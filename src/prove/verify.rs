@@ -18,7 +18,10 @@ use super::keys::TrustedKeys;
 pub enum Retention {
     /// No lock on the object.
     None,
-    Locked { mode: String, until: Option<DateTime<Utc>> },
+    Locked {
+        mode: String,
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// One bundle as found: where, its bytes, its signature, and what its location claims.
@@ -39,7 +42,14 @@ pub struct Item {
 
 impl Item {
     pub fn new(name: impl Into<String>, json: Vec<u8>, sig: Option<Vec<u8>>) -> Item {
-        Item { name: name.into(), json, sig, name_seq: None, name_host: None, retention: None }
+        Item {
+            name: name.into(),
+            json,
+            sig,
+            name_seq: None,
+            name_host: None,
+            retention: None,
+        }
     }
 }
 
@@ -55,7 +65,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { allow_pruned: false, check_retention: false, now: Utc::now() }
+        Options {
+            allow_pruned: false,
+            check_retention: false,
+            now: Utc::now(),
+        }
     }
 }
 
@@ -71,7 +85,11 @@ pub struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.seq {
-            Some(s) => write!(f, "host {} seq {} ({}): {}", self.host, s, self.name, self.reason),
+            Some(s) => write!(
+                f,
+                "host {} seq {} ({}): {}",
+                self.host, s, self.name, self.reason
+            ),
             None => write!(f, "{}: {}", self.name, self.reason),
         }
     }
@@ -103,6 +121,17 @@ impl Report {
     pub fn first_failure(&self) -> Option<&Failure> {
         self.failures.first()
     }
+
+    /// Add problems found outside the bundles (damaged files, hidden objects), in order.
+    pub fn add_failures(&mut self, more: Vec<Failure>) {
+        if more.is_empty() {
+            return;
+        }
+        self.failures.extend(more);
+        self.failures
+            .sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
+        self.failures.dedup();
+    }
 }
 
 struct Checked {
@@ -124,7 +153,11 @@ fn check_one(i: usize, item: &Item, keys: &TrustedKeys, opts: &Options) -> Check
         Ok(p) => p,
         Err(e) => {
             failures.push(fail(&host_hint, item.name_seq, e.to_string()));
-            return Checked { item: i, parsed: None, failures };
+            return Checked {
+                item: i,
+                parsed: None,
+                failures,
+            };
         }
     };
     let env = &parsed.envelope;
@@ -137,15 +170,23 @@ fn check_one(i: usize, item: &Item, keys: &TrustedKeys, opts: &Options) -> Check
             }
         }
     }
-    if let Some(n) = item.name_seq {
-        if n != env.seq {
-            failures.push(fail(host, seq, format!("stored under seq {n} but the bundle says seq {}", env.seq)));
-        }
+    if let Some(n) = item.name_seq
+        && n != env.seq
+    {
+        failures.push(fail(
+            host,
+            seq,
+            format!("stored under seq {n} but the bundle says seq {}", env.seq),
+        ));
     }
-    if let Some(h) = &item.name_host {
-        if h != &super::bundle::key_safe(host) {
-            failures.push(fail(host, seq, format!("stored under host {h:?} but the bundle says host {host:?}")));
-        }
+    if let Some(h) = &item.name_host
+        && h != &super::bundle::key_safe(host)
+    {
+        failures.push(fail(
+            host,
+            seq,
+            format!("stored under host {h:?} but the bundle says host {host:?}"),
+        ));
     }
     if opts.check_retention {
         match &item.retention {
@@ -159,15 +200,19 @@ fn check_one(i: usize, item: &Item, keys: &TrustedKeys, opts: &Options) -> Check
             }
         }
     }
-    Checked { item: i, parsed: Some(parsed), failures }
+    Checked {
+        item: i,
+        parsed: Some(parsed),
+        failures,
+    }
 }
 
 fn retention_problem(r: &Retention, now: DateTime<Utc>) -> Option<String> {
     match r {
         Retention::None => Some("has no Object Lock retention".into()),
-        Retention::Locked { mode, .. } if mode != "COMPLIANCE" => {
-            Some(format!("is locked in {mode} mode, not COMPLIANCE (it can be removed early)"))
-        }
+        Retention::Locked { mode, .. } if mode != "COMPLIANCE" => Some(format!(
+            "is locked in {mode} mode, not COMPLIANCE (it can be removed early)"
+        )),
         Retention::Locked { until: None, .. } => Some("has no retain-until date".into()),
         Retention::Locked { until: Some(t), .. } if *t <= now => {
             Some(format!("retention expired at {}", t.to_rfc3339()))
@@ -179,7 +224,9 @@ fn retention_problem(r: &Retention, now: DateTime<Utc>) -> Option<String> {
 /// Check every bundle and every host's chain.
 pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Report {
     // Per-bundle work (parse, canonical check, signature) on every core.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(items.len().max(1) / 64 + 1);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(items.len().max(1) / 64 + 1);
     let next = AtomicUsize::new(0);
     let mut checked: Vec<Checked> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -199,11 +246,17 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("verify worker")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("verify worker"))
+            .collect()
     });
     checked.sort_by_key(|c| c.item);
 
-    let mut report = Report { bundles: items.len() as u64, ..Report::default() };
+    let mut report = Report {
+        bundles: items.len() as u64,
+        ..Report::default()
+    };
     // host → seq → (item index, parsed)
     let mut hosts: BTreeMap<String, BTreeMap<u64, (usize, ParsedBundle)>> = BTreeMap::new();
     for c in checked {
@@ -220,7 +273,10 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
                 host: p.envelope.host.clone(),
                 seq: Some(p.envelope.seq),
                 name: items[c.item].name.clone(),
-                reason: format!("another, different bundle claims the same seq: {}", items[*other].name),
+                reason: format!(
+                    "another, different bundle claims the same seq: {}",
+                    items[*other].name
+                ),
             }),
             None => {
                 chain.insert(p.envelope.seq, (c.item, p));
@@ -245,19 +301,30 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
                 summary.incidents.insert(i.clone());
             }
             let mut fail = |reason: String| {
-                report.failures.push(Failure { host: host.clone(), seq: Some(seq), name: items[*idx].name.clone(), reason })
+                report.failures.push(Failure {
+                    host: host.clone(),
+                    seq: Some(seq),
+                    name: items[*idx].name.clone(),
+                    reason,
+                })
             };
             match prev {
                 None => {
                     if seq != 1 && !opts.allow_pruned {
-                        fail(format!("the chain starts at seq {seq}: bundles 1..{} are missing", seq - 1));
+                        fail(format!(
+                            "the chain starts at seq {seq}: bundles 1..{} are missing",
+                            seq - 1
+                        ));
                     }
                     if seq == 1 {
                         if env.prev_hash.is_some() {
                             fail("seq 1 must have prev_hash null".into());
                         }
                         if p.kind != "key_change" {
-                            fail(format!("the chain must start with a key_change bundle, not {}", p.kind));
+                            fail(format!(
+                                "the chain must start with a key_change bundle, not {}",
+                                p.kind
+                            ));
                         }
                     }
                 }
@@ -269,7 +336,10 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
                         } else {
                             format!("seqs {expected}..{} are missing", seq - 1)
                         };
-                        fail(format!("sequence gap: {missing} (the bundle before this one is seq {})", q.envelope.seq));
+                        fail(format!(
+                            "sequence gap: {missing} (the bundle before this one is seq {})",
+                            q.envelope.seq
+                        ));
                     } else if env.prev_hash.as_deref() != Some(q.hash.as_str()) {
                         fail(format!(
                             "hash chain broken: prev_hash {} is not the SHA-256 of seq {} ({})",
@@ -280,8 +350,10 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
                     }
                     if env.key_id != q.envelope.key_id {
                         let ok = p.kind == "key_change"
-                            && env.body.get("previous_key_id").and_then(|v| v.as_str()) == Some(q.envelope.key_id.as_str())
-                            && env.body.get("key_id").and_then(|v| v.as_str()) == Some(env.key_id.as_str());
+                            && env.body.get("previous_key_id").and_then(|v| v.as_str())
+                                == Some(q.envelope.key_id.as_str())
+                            && env.body.get("key_id").and_then(|v| v.as_str())
+                                == Some(env.key_id.as_str());
                         if !ok {
                             fail(format!(
                                 "signing key changed from {} to {} without a key_change bundle",
@@ -296,7 +368,9 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
         report.hosts.push(summary);
     }
 
-    report.failures.sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
+    report
+        .failures
+        .sort_by(|a, b| (&a.host, a.seq, &a.name).cmp(&(&b.host, b.seq, &b.name)));
     report.failures.dedup();
     report
 }
@@ -305,7 +379,7 @@ pub fn verify_items(items: &[Item], keys: &TrustedKeys, opts: &Options) -> Repor
 mod tests {
     use super::*;
     use crate::prove::bundle::{AgentRecord, BundleBody, KeyChange, NewBundle};
-    use crate::prove::keys::{allowed_signers_line, SigningKey};
+    use crate::prove::keys::{SigningKey, allowed_signers_line};
     use chrono::TimeZone;
 
     /// A chain of `n` bundles for `host`: seq 1 is the key change, then incidents.
@@ -321,17 +395,19 @@ mod tests {
                     source: "test".into(),
                 }))
             } else {
-                BundleBody::Event(crate::events::Event::IncidentTransition(crate::events::IncidentTransition {
-                    incident_id: format!("inc-{seq}"),
-                    check: "unit_failed".into(),
-                    target: "x.service".into(),
-                    severity: "warning".into(),
-                    from: None,
-                    to: crate::events::IncidentState::Firing,
-                    at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-                    reason: "r".into(),
-                    observation: serde_json::json!({}),
-                }))
+                BundleBody::Event(crate::events::Event::IncidentTransition(
+                    crate::events::IncidentTransition {
+                        incident_id: format!("inc-{seq}"),
+                        check: "unit_failed".into(),
+                        target: "x.service".into(),
+                        severity: "warning".into(),
+                        from: None,
+                        to: crate::events::IncidentState::Firing,
+                        at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                        reason: "r".into(),
+                        observation: serde_json::json!({}),
+                    },
+                ))
             };
             let json = NewBundle {
                 host,
@@ -354,13 +430,18 @@ mod tests {
     }
 
     fn trusted(keys: &[&SigningKey]) -> TrustedKeys {
-        let text: String = keys.iter().map(|k| allowed_signers_line("*", k.public_key()) + "\n").collect();
+        let text: String = keys
+            .iter()
+            .map(|k| allowed_signers_line("*", k.public_key()) + "\n")
+            .collect();
         TrustedKeys::parse(&text).unwrap()
     }
 
     fn first_reason(items: &[Item], keys: &TrustedKeys) -> String {
         let r = verify_items(items, keys, &Options::default());
-        r.first_failure().map(|f| f.to_string()).unwrap_or_else(|| "OK".into())
+        r.first_failure()
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| "OK".into())
     }
 
     #[test]
@@ -373,23 +454,63 @@ mod tests {
 
         type Tamper = Box<dyn Fn(&mut Vec<Item>)>;
         let cases: Vec<(&str, Tamper, &str)> = vec![
-            ("flipped byte", Box::new(|v| {
-                let j = &mut v[2].json;
-                let pos = j.windows(9).position(|w| w == b"unit_fail").unwrap();
-                j[pos] ^= 0x20;
-            }), "seq 3 (web-1/3): signature does not match"),
-            ("removed", Box::new(|v| { v.remove(3); }), "seq 5 (web-1/5): sequence gap: seq 4 is missing"),
-            ("swapped", Box::new(|v| {
-                let (a, b) = (v[2].json.clone(), v[3].json.clone());
-                let (sa, sb) = (v[2].sig.clone(), v[3].sig.clone());
-                v[2].json = b; v[2].sig = sb; v[3].json = a; v[3].sig = sa;
-            }), "seq 3 (web-1/4): stored under seq 4 but the bundle says seq 3"),
-            ("truncated", Box::new(|v| { let n = v[4].json.len(); v[4].json.truncate(n / 2); }),
-                "(web-1/5): not valid JSON"),
-            ("other key", Box::new(|v| { v[1].sig = Some(SigningKey::from_seed([2; 32]).sign(&v[1].json).unwrap()); }),
-                "seq 2 (web-1/2): signed by"),
-            ("sig missing", Box::new(|v| { v[5].sig = None; }), "seq 6 (web-1/6): signature missing"),
-            ("head removed", Box::new(|v| { v.remove(0); }), "seq 2 (web-1/2): the chain starts at seq 2"),
+            (
+                "flipped byte",
+                Box::new(|v| {
+                    let j = &mut v[2].json;
+                    let pos = j.windows(9).position(|w| w == b"unit_fail").unwrap();
+                    j[pos] ^= 0x20;
+                }),
+                "seq 3 (web-1/3): signature does not match",
+            ),
+            (
+                "removed",
+                Box::new(|v| {
+                    v.remove(3);
+                }),
+                "seq 5 (web-1/5): sequence gap: seq 4 is missing",
+            ),
+            (
+                "swapped",
+                Box::new(|v| {
+                    let (a, b) = (v[2].json.clone(), v[3].json.clone());
+                    let (sa, sb) = (v[2].sig.clone(), v[3].sig.clone());
+                    v[2].json = b;
+                    v[2].sig = sb;
+                    v[3].json = a;
+                    v[3].sig = sa;
+                }),
+                "seq 3 (web-1/4): stored under seq 4 but the bundle says seq 3",
+            ),
+            (
+                "truncated",
+                Box::new(|v| {
+                    let n = v[4].json.len();
+                    v[4].json.truncate(n / 2);
+                }),
+                "(web-1/5): not valid JSON",
+            ),
+            (
+                "other key",
+                Box::new(|v| {
+                    v[1].sig = Some(SigningKey::from_seed([2; 32]).sign(&v[1].json).unwrap());
+                }),
+                "seq 2 (web-1/2): signed by",
+            ),
+            (
+                "sig missing",
+                Box::new(|v| {
+                    v[5].sig = None;
+                }),
+                "seq 6 (web-1/6): signature missing",
+            ),
+            (
+                "head removed",
+                Box::new(|v| {
+                    v.remove(0);
+                }),
+                "seq 2 (web-1/2): the chain starts at seq 2",
+            ),
         ];
         for (what, tamper, want) in cases {
             let mut items = good.clone();
@@ -412,7 +533,13 @@ mod tests {
         let r = verify_items(&items, &t, &Options::default());
         assert!(r.ok(), "{:?}", r.failures);
         assert_eq!(r.bundles, 7);
-        assert_eq!(r.hosts.iter().map(|h| (h.host.as_str(), h.last_seq)).collect::<Vec<_>>(), [("a", 3), ("b", 4)]);
+        assert_eq!(
+            r.hosts
+                .iter()
+                .map(|h| (h.host.as_str(), h.last_seq))
+                .collect::<Vec<_>>(),
+            [("a", 3), ("b", 4)]
+        );
     }
 
     #[test]
@@ -420,7 +547,10 @@ mod tests {
         let k = SigningKey::from_seed([1; 32]);
         let t = trusted(&[&k]);
         let items = chain(&k, "a", 5)[2..].to_vec();
-        let opts = Options { allow_pruned: true, ..Options::default() };
+        let opts = Options {
+            allow_pruned: true,
+            ..Options::default()
+        };
         assert!(verify_items(&items, &t, &opts).ok());
         assert!(!verify_items(&items, &t, &Options::default()).ok());
     }

@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use msp_agent::events::{
     Event, IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord,
 };
-use msp_agent::prove::keys::{allowed_signers_line, SigningKey, TrustedKeys};
+use msp_agent::prove::keys::{SigningKey, TrustedKeys, allowed_signers_line};
 use msp_agent::prove::{Evidence, EvidenceConfig};
 
 pub const HOST: &str = "web-1";
@@ -16,8 +16,9 @@ pub const HOST: &str = "web-1";
 /// Event number `i`: incident transitions and runbook runs, alternately.
 pub fn event(i: u64) -> Event {
     let incident_id = format!("inc-{:04}", i / 2);
-    let at = Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap() + chrono::Duration::seconds(i as i64);
-    if i % 2 == 0 {
+    let at =
+        Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap() + chrono::Duration::seconds(i as i64);
+    if i.is_multiple_of(2) {
         Event::IncidentTransition(IncidentTransition {
             incident_id,
             check: "unit_failed".into(),
@@ -79,7 +80,10 @@ pub fn trusted(seeds: &[u8]) -> TrustedKeys {
 }
 
 pub fn allowed_signers(seeds: &[u8]) -> String {
-    seeds.iter().map(|s| allowed_signers_line(HOST, key(*s).public_key()) + "\n").collect()
+    seeds
+        .iter()
+        .map(|s| allowed_signers_line(HOST, key(*s).public_key()) + "\n")
+        .collect()
 }
 
 pub fn spool_root(state: &Path) -> PathBuf {
@@ -91,7 +95,9 @@ pub fn s3_env(test: &str) -> Option<String> {
     match std::env::var("MSP_AGENT_S3_ENDPOINT") {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
-            eprintln!("SKIPPED {test}: MSP_AGENT_S3_ENDPOINT is not set (run `eval \"$(tests/s3/ceph.sh up)\"` first)");
+            eprintln!(
+                "SKIPPED {test}: MSP_AGENT_S3_ENDPOINT is not set (run `eval \"$(tests/s3/ceph.sh up)\"` first)"
+            );
             None
         }
     }
@@ -122,7 +128,10 @@ pub mod proxy {
 
     impl Proxy {
         pub async fn start(upstream: &str) -> Proxy {
-            let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+            let upstream = upstream
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let state = Arc::new(Mutex::new((true, CancellationToken::new())));
@@ -135,26 +144,39 @@ pub mod proxy {
                         _ = sp.cancelled() => return,
                         r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                     };
-                    let (up, token) = { let g = st.lock().unwrap(); (g.0, g.1.clone()) };
+                    let (up, token) = {
+                        let g = st.lock().unwrap();
+                        (g.0, g.1.clone())
+                    };
                     if !up {
                         drop(client);
                         continue;
                     }
                     let (upstream, sent) = (upstream.clone(), se.clone());
                     tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(&upstream).await else { return };
+                        let Ok(server) = TcpStream::connect(&upstream).await else {
+                            return;
+                        };
                         let (mut cr, mut cw) = client.into_split();
                         let (mut sr, mut sw) = server.into_split();
                         let c2s = async {
                             let mut buf = vec![0u8; 65536];
                             loop {
-                                let n = match cr.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
+                                let n = match cr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
                                 sent.lock().unwrap().extend_from_slice(&buf[..n]);
-                                if sw.write_all(&buf[..n]).await.is_err() { break; }
+                                if sw.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
                             }
                             let _ = sw.shutdown().await;
                         };
-                        let s2c = async { let _ = tokio::io::copy(&mut sr, &mut cw).await; let _ = cw.shutdown().await; };
+                        let s2c = async {
+                            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                            let _ = cw.shutdown().await;
+                        };
                         tokio::select! {
                             _ = token.cancelled() => {}
                             _ = async { tokio::join!(c2s, s2c) } => {}
@@ -162,7 +184,12 @@ pub mod proxy {
                     });
                 }
             });
-            Proxy { url, state, sent, stop }
+            Proxy {
+                url,
+                state,
+                sent,
+                stop,
+            }
         }
 
         /// "Server down": cut open connections and refuse new ones.
