@@ -34,6 +34,7 @@ stage build cargo build --release --locked --bin msp-agent
 stage s3-server start_s3
 stage unit-and-integration-tests cargo test --locked
 stage fuzz fuzz
+stage evidence-benchmark cargo bench --locked --bench evidence
 stage nix bash tests/nix/check.sh
 stage system-scenarios python3 tests/bench/run-scenarios.py
 
