@@ -343,6 +343,22 @@ impl Daemon {
         }
     }
 
+    /// A run record of RB-SERVICE-001 for this incident, starting now.
+    fn new_run(&self, incident_id: &str, target: &str, now: DateTime<Utc>, outcome: RunOutcome) -> RunbookRun {
+        RunbookRun {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            incident_id: incident_id.to_string(),
+            runbook: service_restart::RUNBOOK_ID.into(),
+            target: target.to_string(),
+            dry_run: self.config.agent.dry_run,
+            started_at: now,
+            finished_at: None,
+            outcome,
+            steps: vec![],
+            rate_limit: vec![],
+        }
+    }
+
     fn new_incident_id() -> String {
         format!("INC-{}", uuid::Uuid::now_v7().simple())
     }
@@ -523,16 +539,9 @@ impl Daemon {
             }
             Verdict::Escalate => {
                 let run = RunbookRun {
-                    run_id: uuid::Uuid::now_v7().to_string(),
-                    incident_id: inc.id.clone(),
-                    runbook: service_restart::RUNBOOK_ID.into(),
-                    target: inc.target.clone(),
-                    dry_run: self.config.agent.dry_run,
-                    started_at: now,
                     finished_at: Some(now),
-                    outcome: RunOutcome::RateLimited,
-                    steps: vec![],
                     rate_limit: decisions,
+                    ..self.new_run(&inc.id, &inc.target, now, RunOutcome::RateLimited)
                 };
                 self.count_run(&run);
                 self.db(move |s| s.finish_run(&run)).await?;
@@ -565,14 +574,7 @@ impl Daemon {
         }
         tracing::warn!(detail = %detail, "remediation of {target} suppressed");
         let run = RunbookRun {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            incident_id: incident_id.to_string(),
-            runbook: service_restart::RUNBOOK_ID.into(),
-            target: target.to_string(),
-            dry_run: self.config.agent.dry_run,
-            started_at: now,
             finished_at: Some(now),
-            outcome: RunOutcome::Suppressed,
             steps: vec![StepRecord {
                 name: "check_suppression".into(),
                 started_at: now,
@@ -580,7 +582,7 @@ impl Daemon {
                 result: "skipped".into(),
                 detail,
             }],
-            rate_limit: vec![],
+            ..self.new_run(incident_id, target, now, RunOutcome::Suppressed)
         };
         self.count_run(&run);
         self.db(move |s| s.finish_run(&run)).await?;
@@ -596,17 +598,10 @@ impl Daemon {
         decisions: Vec<RateLimitDecision>,
         span: tracing::Span,
     ) -> anyhow::Result<()> {
+        // Recorded as interrupted unless the run reports back.
         let run = RunbookRun {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            incident_id: incident_id.to_string(),
-            runbook: service_restart::RUNBOOK_ID.into(),
-            target: target.to_string(),
-            dry_run: self.config.agent.dry_run,
-            started_at: now,
-            finished_at: None,
-            outcome: RunOutcome::Interrupted,
-            steps: vec![],
             rate_limit: decisions,
+            ..self.new_run(incident_id, target, now, RunOutcome::Interrupted)
         };
         // Written before the first step: a crash from here on is visible and counted.
         let r = run.clone();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use zbus::zvariant::OwnedObjectPath;
 use zbus_systemd::systemd1::ManagerProxy;
 
 use super::{StepTimer, journal_cursor};
@@ -131,13 +132,25 @@ async fn restart_and_wait(unit: &str, timeout: Duration) -> Result<serde_json::V
     }
 }
 
+/// A bus connection and the unit's object path; errors as step detail.
+async fn open_unit(unit: &str) -> Result<(zbus::Connection, OwnedObjectPath), serde_json::Value> {
+    let conn = connect()
+        .await
+        .map_err(|e| json!({"error": format!("system bus: {e}")}))?;
+    let manager = ManagerProxy::new(&conn)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    let path = unit_path(&manager, unit)
+        .await
+        .map_err(|e| json!({"error": e.to_string()}))?;
+    Ok((conn, path))
+}
+
 async fn service_type(unit: &str) -> Option<String> {
     if !unit.ends_with(".service") {
         return None;
     }
-    let conn = connect().await.ok()?;
-    let manager = ManagerProxy::new(&conn).await.ok()?;
-    let path = unit_path(&manager, unit).await.ok()?;
+    let (conn, path) = open_unit(unit).await.ok()?;
     let service = zbus_systemd::systemd1::ServiceProxy::builder(&conn)
         .path(path)
         .ok()?
@@ -150,15 +163,7 @@ async fn service_type(unit: &str) -> Option<String> {
 
 /// A oneshot's restart job ends when its work has run: it must have succeeded.
 async fn verify_oneshot(unit: &str) -> Result<serde_json::Value, serde_json::Value> {
-    let conn = connect()
-        .await
-        .map_err(|e| json!({"error": format!("system bus: {e}")}))?;
-    let manager = ManagerProxy::new(&conn)
-        .await
-        .map_err(|e| json!({"error": e.to_string()}))?;
-    let path = unit_path(&manager, unit)
-        .await
-        .map_err(|e| json!({"error": e.to_string()}))?;
+    let (conn, path) = open_unit(unit).await?;
     let obs = read_unit(&conn, unit, &path)
         .await
         .map_err(|e| json!({"error": e.to_string()}))?;
@@ -178,15 +183,7 @@ async fn verify_oneshot(unit: &str) -> Result<serde_json::Value, serde_json::Val
 
 /// Polls the unit during the settle period; fails as soon as it leaves `active`.
 async fn verify_active(unit: &str, settle: Duration) -> Result<serde_json::Value, serde_json::Value> {
-    let conn = connect()
-        .await
-        .map_err(|e| json!({"error": format!("system bus: {e}")}))?;
-    let manager = ManagerProxy::new(&conn)
-        .await
-        .map_err(|e| json!({"error": e.to_string()}))?;
-    let path = unit_path(&manager, unit)
-        .await
-        .map_err(|e| json!({"error": e.to_string()}))?;
+    let (conn, path) = open_unit(unit).await?;
     let start = tokio::time::Instant::now();
     let mut last;
     loop {
