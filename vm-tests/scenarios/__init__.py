@@ -24,6 +24,7 @@ from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
 from .oneshot_rerun import scenario_oneshot_failure_is_rerun
 from .polkit_rule import scenario_polkit_rule_scopes_restarts
+from .silence_and_dry_run import scenario_dry_run_records_without_acting, scenario_silence_stops_remediation
 from .unit_hardening import scenario_unit_hardening
 from .service_restart import scenario_service_restart
 
@@ -39,6 +40,8 @@ ALL = [
     scenario_sigkill_mid_runbook_not_done_twice,
     scenario_oneshot_failure_is_rerun,
     scenario_unit_hardening,
+    scenario_silence_stops_remediation,
+    scenario_dry_run_records_without_acting,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]
