@@ -268,4 +268,36 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
+
+    #[test]
+    fn the_shipped_dashboard_uses_only_exported_metrics() {
+        let m = Metrics::new();
+        m.incidents_opened
+            .get_or_create(&IncidentLabels { check: "c".into(), severity: "s".into() })
+            .inc();
+        m.set_open(&[("firing", 0)]);
+        m.remediations
+            .get_or_create(&RunLabels { runbook: "r".into(), outcome: "o".into() })
+            .inc();
+        m.remediation_duration
+            .get_or_create(&RunbookLabel { runbook: "r".into() })
+            .observe(1.0);
+        let text = m.encode();
+        let dashboard = include_str!("../../dist/grafana/msp-agent.json");
+        let mut rest = dashboard;
+        let mut checked = 0;
+        while let Some(i) = rest.find("msp_agent_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                text.contains(&format!("{name}{{")) || text.contains(&format!("{name} ")),
+                "the dashboard queries {name}, which the agent does not export"
+            );
+            checked += 1;
+            rest = &rest[i + name.len()..];
+        }
+        assert!(checked >= 9, "only {checked} metric references found in the dashboard");
+    }
 }
