@@ -30,7 +30,10 @@ pub fn status(db: &Path, json: bool) -> anyhow::Result<()> {
         .and_then(|h| DateTime::parse_from_rfc3339(h).ok())
         .map(|h| h.with_timezone(&Utc));
     let fresh = heartbeat.is_some_and(|h| Utc::now() - h < chrono::Duration::seconds(30));
-    let running = fresh && kv.get("state").is_some_and(|s| s == "running" || s == "starting");
+    let running = fresh
+        && kv
+            .get("state")
+            .is_some_and(|s| s == "running" || s == "starting");
     let pending = store.outbox_len()?;
     if json {
         let v = serde_json::json!({
@@ -51,21 +54,47 @@ pub fn status(db: &Path, json: bool) -> anyhow::Result<()> {
         if running { "running" } else { "NOT RUNNING" }
     )?;
     writeln!(out, "  host:        {}", get("hostname"))?;
-    writeln!(out, "  pid:         {}   since {}", get("pid"), get("started_at"))?;
+    writeln!(
+        out,
+        "  pid:         {}   since {}",
+        get("pid"),
+        get("started_at")
+    )?;
     writeln!(out, "  heartbeat:   {}", get("heartbeat_at"))?;
     writeln!(out, "  config:      {}", get("config"))?;
-    writeln!(out, "  system bus:  {}   watched units: {}", get("bus"), get("watched_units"))?;
+    writeln!(
+        out,
+        "  system bus:  {}   watched units: {}",
+        get("bus"),
+        get("watched_units")
+    )?;
     writeln!(out, "  dry run:     {}", get("dry_run"))?;
-    writeln!(out, "  in flight:   {} runbook(s)", get("runbooks_in_flight"))?;
-    writeln!(out, "  evidence:    {pending} event(s) waiting to be sealed")?;
-    if let Some(ev) = kv.get("evidence").and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()) {
+    writeln!(
+        out,
+        "  in flight:   {} runbook(s)",
+        get("runbooks_in_flight")
+    )?;
+    writeln!(
+        out,
+        "  evidence:    {pending} event(s) waiting to be sealed"
+    )?;
+    if let Some(ev) = kv
+        .get("evidence")
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+    {
         writeln!(
             out,
             "               last bundle #{}, {} not yet in the bucket, bucket WORM: {}",
-            ev["last_seq"], ev["spool_depth"], ev["worm"].as_str().unwrap_or("?")
+            ev["last_seq"],
+            ev["spool_depth"],
+            ev["worm"].as_str().unwrap_or("?")
         )?;
         if ev["spool_alarm"] == true {
-            writeln!(out, "               ALARM: the spool is nearly full ({} of {} bytes)", ev["spool_bytes"], ev["spool_max_bytes"])?;
+            writeln!(
+                out,
+                "               ALARM: the spool is nearly full ({} of {} bytes)",
+                ev["spool_bytes"], ev["spool_max_bytes"]
+            )?;
         }
         if let Some(err) = ev["last_error"].as_str() {
             writeln!(out, "               last upload error: {err}")?;
@@ -93,7 +122,11 @@ pub fn incidents(db: &Path, json: bool, all: bool, limit: u32) -> anyhow::Result
         writeln!(
             out,
             "{}",
-            if all { "No incidents recorded." } else { "No open incidents (`--all` lists resolved ones too)." }
+            if all {
+                "No incidents recorded."
+            } else {
+                "No open incidents (`--all` lists resolved ones too)."
+            }
         )?;
         return Ok(());
     }
@@ -126,9 +159,17 @@ fn print_table(out: &mut impl Write, rows: &[IncidentRow]) -> anyhow::Result<()>
     Ok(())
 }
 
-pub fn silence(db: &Path, target: &str, duration: std::time::Duration, reason: &str) -> anyhow::Result<()> {
+pub fn silence(
+    db: &Path,
+    target: &str,
+    duration: std::time::Duration,
+    reason: &str,
+) -> anyhow::Result<()> {
     let mut store = Store::open(db).with_context(|| {
-        format!("cannot open {} for writing (run as root or as the agent's user)", db.display())
+        format!(
+            "cannot open {} for writing (run as root or as the agent's user)",
+            db.display()
+        )
     })?;
     let now = Utc::now();
     let until = now + chrono::Duration::from_std(duration)?;

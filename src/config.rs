@@ -288,14 +288,13 @@ impl Config {
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |span: std::ops::Range<usize>, key: &str, message: String| {
-            ConfigError::Invalid {
+        let invalid =
+            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line: line_of(text, span.start),
                 key: key.to_string(),
                 message,
-            }
-        };
+            };
         if self.watch.units.is_empty() {
             return Err(invalid(
                 0..0,
@@ -326,8 +325,14 @@ impl Config {
         }
         let positive = [
             (&self.incidents.flap_threshold, "incidents.flap_threshold"),
-            (&self.incidents.crash_loop_restarts, "incidents.crash_loop_restarts"),
-            (&self.runbooks.service_restart.max_runs, "runbooks.service_restart.max_runs"),
+            (
+                &self.incidents.crash_loop_restarts,
+                "incidents.crash_loop_restarts",
+            ),
+            (
+                &self.runbooks.service_restart.max_runs,
+                "runbooks.service_restart.max_runs",
+            ),
             (&self.limits.global_per_hour, "limits.global_per_hour"),
         ];
         for (value, key) in positive {
@@ -340,7 +345,9 @@ impl Config {
             return Err(invalid(
                 self.metrics.listen.span(),
                 "metrics.listen",
-                format!("`{listen}` is not an address:port such as 127.0.0.1:9465 (\"\" turns metrics off)"),
+                format!(
+                    "`{listen}` is not an address:port such as 127.0.0.1:9465 (\"\" turns metrics off)"
+                ),
             ));
         }
         let sr = &self.runbooks.service_restart;
@@ -360,13 +367,18 @@ impl Config {
         }
         if let Some(s3) = &self.evidence.s3 {
             if s3.bucket.trim().is_empty() {
-                return Err(invalid(find_key(text, "bucket"), "evidence.s3.bucket", "is empty".into()));
+                return Err(invalid(
+                    find_key(text, "bucket"),
+                    "evidence.s3.bucket",
+                    "is empty".into(),
+                ));
             }
             if s3.retention_days == 0 {
                 return Err(invalid(
                     find_key(text, "retention_days"),
                     "evidence.s3.retention_days",
-                    "must be at least 1: objects are locked until upload time plus this many days".into(),
+                    "must be at least 1: objects are locked until upload time plus this many days"
+                        .into(),
                 ));
             }
         }
@@ -377,14 +389,14 @@ impl Config {
                 "must be between 1 and 100".into(),
             ));
         }
-        if let Some(h) = &self.agent.hostname {
-            if h.is_empty() || h.contains(['/', ' ']) {
-                return Err(invalid(
-                    find_key(text, "hostname"),
-                    "agent.hostname",
-                    format!("`{h}` is not a usable host name"),
-                ));
-            }
+        if let Some(h) = &self.agent.hostname
+            && (h.is_empty() || h.contains(['/', ' ']))
+        {
+            return Err(invalid(
+                find_key(text, "hostname"),
+                "agent.hostname",
+                format!("`{h}` is not a usable host name"),
+            ));
         }
         Ok(())
     }
@@ -427,7 +439,9 @@ impl UnitRule {
     pub fn matches(&self, unit: &str) -> bool {
         let p = self.pattern.get_ref();
         if is_glob(p) {
-            glob::Pattern::new(p).map(|g| g.matches(unit)).unwrap_or(false)
+            glob::Pattern::new(p)
+                .map(|g| g.matches(unit))
+                .unwrap_or(false)
         } else {
             p == unit
         }
@@ -452,10 +466,10 @@ fn find_key(text: &str, key: &str) -> std::ops::Range<usize> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix(key) {
-            if rest.trim_start().starts_with('=') {
-                return offset..offset;
-            }
+        if let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return offset..offset;
         }
         offset += line.len();
     }
@@ -539,16 +553,33 @@ global_per_hour = 7
             ),
             (
                 "[[watch.units]]\npattern = \"demo[.service\"\n",
-                &["config.toml:2", "watch.units[0].pattern", "not a valid glob"],
+                &[
+                    "config.toml:2",
+                    "watch.units[0].pattern",
+                    "not a valid glob",
+                ],
             ),
             (
                 "\n[runbooks.service_restart]\nmax_runs = 0\n",
-                &["config.toml:3", "runbooks.service_restart.max_runs", "at least 1"],
+                &[
+                    "config.toml:3",
+                    "runbooks.service_restart.max_runs",
+                    "at least 1",
+                ],
             ),
-            ("[limits]\nglobal_per_hour = -1\n", &["line 2", "global_per_hour"]),
+            (
+                "[limits]\nglobal_per_hour = -1\n",
+                &["line 2", "global_per_hour"],
+            ),
             ("[watch]\nunits = []\n", &["watch.units", "empty"]),
-            ("[metrics]\nlisten = \"localhost\"\n", &["config.toml:2", "metrics.listen"]),
-            ("[evidence.s3]\nbucket = \"b\"\nretention_days = 0\n", &["config.toml:3", "evidence.s3.retention_days"]),
+            (
+                "[metrics]\nlisten = \"localhost\"\n",
+                &["config.toml:2", "metrics.listen"],
+            ),
+            (
+                "[evidence.s3]\nbucket = \"b\"\nretention_days = 0\n",
+                &["config.toml:3", "evidence.s3.retention_days"],
+            ),
             ("[evidence.s3]\nbuckt = \"b\"\n", &["line 2", "buckt"]),
         ];
         for (text, expected) in cases {

@@ -20,8 +20,12 @@ use crate::act::service_restart;
 use crate::config::Config;
 use crate::decide::incident::{Engine, EngineConfig, chrono_dur};
 use crate::decide::limits::{self, History, Limits, Verdict};
-use crate::decide::units::{CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed};
-use crate::events::{IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord};
+use crate::decide::units::{
+    CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed,
+};
+use crate::events::{
+    IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord,
+};
 use crate::notify;
 use crate::prove::{Evidence, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
@@ -61,8 +65,9 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(config: Config, config_source: String) -> anyhow::Result<Daemon> {
         let state_dir = &config.agent.state_dir;
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!("cannot create the state directory {}", state_dir.display())
+        })?;
         let store = Store::open(&config.db_path())?;
         let evidence = Evidence::open(&config.evidence, state_dir, &config.hostname(), VERSION)
             .context("cannot open the evidence spool")?;
@@ -150,12 +155,20 @@ impl Daemon {
             evidence_cancel.clone(),
         ));
         if let Some(s3) = self.config.evidence.s3.clone() {
-            tracker.spawn(crate::prove::upload::run(self.evidence.clone(), s3, evidence_cancel.clone()));
+            tracker.spawn(crate::prove::upload::run(
+                self.evidence.clone(),
+                s3,
+                evidence_cancel.clone(),
+            ));
         } else {
             tracing::info!("evidence: no [evidence.s3]; bundles stay in the local spool");
         }
         if let Some(addr) = self.config.metrics_addr() {
-            tracker.spawn(crate::report::metrics::serve(self.metrics.clone(), addr, watch_cancel.clone()));
+            tracker.spawn(crate::report::metrics::serve(
+                self.metrics.clone(),
+                addr,
+                watch_cancel.clone(),
+            ));
         }
         self.update_open_gauges();
 
@@ -210,12 +223,11 @@ impl Daemon {
                 Some(run) = run_rx.recv() => self.on_run_done(run).await?,
                 _ = tick.tick() => {
                     self.on_tick().await?;
-                    if let Some(interval) = watchdog {
-                        if last_ping.elapsed() >= interval {
+                    if let Some(interval) = watchdog
+                        && last_ping.elapsed() >= interval {
                             notify::watchdog();
                             last_ping = tokio::time::Instant::now();
                         }
-                    }
                     if last_heartbeat.elapsed() >= Duration::from_secs(5) {
                         self.write_status("running").await;
                         last_heartbeat = tokio::time::Instant::now();
@@ -237,8 +249,15 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + grace;
         let mut cancelled = false;
         while !self.in_flight.is_empty() {
-            tracing::info!(runs = self.in_flight.len(), "waiting for runbooks in flight before stopping");
-            let until = if cancelled { deadline + Duration::from_secs(5) } else { deadline };
+            tracing::info!(
+                runs = self.in_flight.len(),
+                "waiting for runbooks in flight before stopping"
+            );
+            let until = if cancelled {
+                deadline + Duration::from_secs(5)
+            } else {
+                deadline
+            };
             match tokio::time::timeout_at(until, run_rx.recv()).await {
                 Ok(Some(run)) => self.on_run_done(run).await?,
                 Ok(None) => break,
@@ -257,7 +276,7 @@ impl Daemon {
             run.finished_at = Some(Utc::now());
             let r = run.clone();
             self.db(move |s| s.finish_run(&r)).await?;
-        self.evidence_wake.notify_one();
+            self.evidence_wake.notify_one();
         }
         evidence_cancel.cancel();
         tracker.close();
@@ -281,8 +300,16 @@ impl Daemon {
             if open == 1 { "" } else { "s" },
             self.in_flight.len(),
             if self.in_flight.len() == 1 { "" } else { "s" },
-            if self.config.agent.dry_run { "; dry run" } else { "" },
-            if self.bus_connected { "" } else { "; system bus lost" },
+            if self.config.agent.dry_run {
+                "; dry run"
+            } else {
+                ""
+            },
+            if self.bus_connected {
+                ""
+            } else {
+                "; system bus lost"
+            },
         )
     }
 
@@ -295,7 +322,15 @@ impl Daemon {
             ("heartbeat_at", Utc::now().to_rfc3339()),
             ("dry_run", self.config.agent.dry_run.to_string()),
             ("watched_units", self.watched_units.to_string()),
-            ("bus", if self.bus_connected { "connected" } else { "disconnected" }.to_string()),
+            (
+                "bus",
+                if self.bus_connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .to_string(),
+            ),
             ("config", self.config_source.clone()),
             ("hostname", self.config.hostname()),
             ("runbooks_in_flight", self.in_flight.len().to_string()),
@@ -308,19 +343,35 @@ impl Daemon {
             self.metrics.evidence_pending.set(n as i64);
         }
         let stats = self.evidence.stats();
-        self.metrics.evidence_spool_depth.set(stats.spool_depth as i64);
+        self.metrics
+            .evidence_spool_depth
+            .set(stats.spool_depth as i64);
         self.metrics.evidence_last_seq.set(stats.last_seq as i64);
-        self.metrics.evidence_worm.set(i64::from(stats.worm == WormStatus::Enabled));
+        self.metrics
+            .evidence_worm
+            .set(i64::from(stats.worm == WormStatus::Enabled));
         let (up, fail) = self.uploads_seen;
-        self.metrics.evidence_uploaded.inc_by(stats.uploaded.saturating_sub(up));
-        self.metrics.evidence_upload_failures.inc_by(stats.upload_failures.saturating_sub(fail));
+        self.metrics
+            .evidence_uploaded
+            .inc_by(stats.uploaded.saturating_sub(up));
+        self.metrics
+            .evidence_upload_failures
+            .inc_by(stats.upload_failures.saturating_sub(fail));
         self.uploads_seen = (stats.uploaded, stats.upload_failures);
-        let pairs = vec![("evidence", serde_json::to_string(&stats).unwrap_or_default())];
+        let pairs = vec![(
+            "evidence",
+            serde_json::to_string(&stats).unwrap_or_default(),
+        )];
         let _ = self.db(move |s| s.set_status(&pairs)).await;
     }
 
     fn update_open_gauges(&self) {
-        let count = |st: IncidentState| self.engine.open_incidents().filter(|i| i.state == st).count() as i64;
+        let count = |st: IncidentState| {
+            self.engine
+                .open_incidents()
+                .filter(|i| i.state == st)
+                .count() as i64
+        };
         self.metrics.set_open(&[
             ("firing", count(IncidentState::Firing)),
             ("flapping", count(IncidentState::Flapping)),
@@ -331,20 +382,34 @@ impl Daemon {
     fn count_run(&self, run: &RunbookRun) {
         self.metrics
             .remediations
-            .get_or_create(&RunLabels { runbook: run.runbook.clone(), outcome: run.outcome.as_str().to_string() })
+            .get_or_create(&RunLabels {
+                runbook: run.runbook.clone(),
+                outcome: run.outcome.as_str().to_string(),
+            })
             .inc();
-        if let Some(f) = run.finished_at {
-            if matches!(run.outcome, RunOutcome::Success | RunOutcome::Failed | RunOutcome::Interrupted) {
-                self.metrics
-                    .remediation_duration
-                    .get_or_create(&RunbookLabel { runbook: run.runbook.clone() })
-                    .observe((f - run.started_at).num_milliseconds() as f64 / 1000.0);
-            }
+        if let Some(f) = run.finished_at
+            && matches!(
+                run.outcome,
+                RunOutcome::Success | RunOutcome::Failed | RunOutcome::Interrupted
+            )
+        {
+            self.metrics
+                .remediation_duration
+                .get_or_create(&RunbookLabel {
+                    runbook: run.runbook.clone(),
+                })
+                .observe((f - run.started_at).num_milliseconds() as f64 / 1000.0);
         }
     }
 
     /// A run record of RB-SERVICE-001 for this incident, starting now.
-    fn new_run(&self, incident_id: &str, target: &str, now: DateTime<Utc>, outcome: RunOutcome) -> RunbookRun {
+    fn new_run(
+        &self,
+        incident_id: &str,
+        target: &str,
+        now: DateTime<Utc>,
+        outcome: RunOutcome,
+    ) -> RunbookRun {
         RunbookRun {
             run_id: uuid::Uuid::now_v7().to_string(),
             incident_id: incident_id.to_string(),
@@ -391,7 +456,8 @@ impl Daemon {
     ) -> anyhow::Result<()> {
         let span = tracing::info_span!("incident", incident_id = %t.incident_id, unit = %t.target);
         let r = t.clone();
-        self.db(move |s| s.apply_transition(&r, detected_at)).await?;
+        self.db(move |s| s.apply_transition(&r, detected_at))
+            .await?;
         self.evidence_wake.notify_one();
         span.in_scope(|| {
             tracing::info!(
@@ -407,7 +473,10 @@ impl Daemon {
         if t.from.is_none() {
             self.metrics
                 .incidents_opened
-                .get_or_create(&IncidentLabels { check: t.check.clone(), severity: t.severity.clone() })
+                .get_or_create(&IncidentLabels {
+                    check: t.check.clone(),
+                    severity: t.severity.clone(),
+                })
                 .inc();
         }
         self.update_open_gauges();
@@ -483,7 +552,10 @@ impl Daemon {
             IncidentState::Firing => {}
             IncidentState::Flapping => {
                 let detail = serde_json::json!({"reason": "the unit is flapping; remediation is suppressed"});
-                return self.note_suppressed(&inc.id, &inc.target, now, detail).instrument(span).await;
+                return self
+                    .note_suppressed(&inc.id, &inc.target, now, detail)
+                    .instrument(span)
+                    .await;
             }
             IncidentState::NeedsHuman | IncidentState::Resolved => return Ok(()),
         }
@@ -493,7 +565,10 @@ impl Daemon {
                 "reason": "silenced", "silence_id": s.id, "silence_target": s.target,
                 "until": s.until, "silence_reason": s.reason,
             });
-            return self.note_suppressed(&inc.id, &inc.target, now, detail).instrument(span).await;
+            return self
+                .note_suppressed(&inc.id, &inc.target, now, detail)
+                .instrument(span)
+                .await;
         }
         if self.deferred.get(&inc.id).is_some_and(|until| *until > now) {
             return Ok(());
@@ -515,7 +590,13 @@ impl Daemon {
                 })
             })
             .await?;
-        let (verdict, decision) = limits::decide(&lim, &history, service_restart::RUNBOOK_ID, &inc.target, now);
+        let (verdict, decision) = limits::decide(
+            &lim,
+            &history,
+            service_restart::RUNBOOK_ID,
+            &inc.target,
+            now,
+        );
         let _enter = span.enter();
         tracing::info!(
             allowed = decision.allowed,
@@ -531,7 +612,8 @@ impl Daemon {
         match verdict {
             Verdict::Allow => {
                 self.deferred.remove(&inc.id);
-                self.start_run(&inc.id, &inc.target, now, decisions, span).await?;
+                self.start_run(&inc.id, &inc.target, now, decisions, span)
+                    .await?;
             }
             Verdict::Defer(until) => {
                 self.deferred.insert(inc.id.clone(), until);
@@ -548,9 +630,13 @@ impl Daemon {
                 self.evidence_wake.notify_one();
                 let reason = format!(
                     "rate limit `{}` refused {} on {} ({} runs in {}s, global {} of {} per hour): a person must look",
-                    decision.rule, service_restart::RUNBOOK_ID, inc.target,
-                    decision.runs_in_window, decision.window_secs,
-                    decision.global_runs_last_hour, decision.global_budget
+                    decision.rule,
+                    service_restart::RUNBOOK_ID,
+                    inc.target,
+                    decision.runs_in_window,
+                    decision.window_secs,
+                    decision.global_runs_last_hour,
+                    decision.global_budget
                 );
                 span.in_scope(|| tracing::warn!("{reason}"));
                 if let Some(t) = self.engine.escalate(&inc.id, now, &reason) {
@@ -586,7 +672,7 @@ impl Daemon {
         };
         self.count_run(&run);
         self.db(move |s| s.finish_run(&run)).await?;
-                self.evidence_wake.notify_one();
+        self.evidence_wake.notify_one();
         Ok(())
     }
 
@@ -606,8 +692,10 @@ impl Daemon {
         // Written before the first step: a crash from here on is visible and counted.
         let r = run.clone();
         self.db(move |s| s.begin_run(&r)).await?;
-        span.in_scope(|| tracing::info!(run_id = %run.run_id, dry_run = run.dry_run,
-            "starting {} on {}", run.runbook, run.target));
+        span.in_scope(|| {
+            tracing::info!(run_id = %run.run_id, dry_run = run.dry_run,
+            "starting {} on {}", run.runbook, run.target)
+        });
         let cancel = CancellationToken::new();
         let params = service_restart::Params {
             job_timeout: self.config.runbooks.service_restart.job_timeout,
@@ -619,7 +707,8 @@ impl Daemon {
         let task_cancel = cancel.clone();
         tokio::spawn(
             async move {
-                let (outcome, steps) = service_restart::run(&task_run.target, &params, &task_cancel).await;
+                let (outcome, steps) =
+                    service_restart::run(&task_run.target, &params, &task_cancel).await;
                 task_run.outcome = outcome;
                 task_run.steps = steps;
                 task_run.finished_at = Some(Utc::now());
@@ -627,7 +716,8 @@ impl Daemon {
             }
             .instrument(span),
         );
-        self.in_flight.insert(target.to_string(), InFlight { run, cancel });
+        self.in_flight
+            .insert(target.to_string(), InFlight { run, cancel });
         Ok(())
     }
 
@@ -649,9 +739,11 @@ impl Daemon {
                 "{} on {} succeeded: the unit stayed active", run.runbook, run.target),
             RunOutcome::DryRun => tracing::info!(run_id = %run.run_id,
                 "dry run: {} on {} would have run", run.runbook, run.target),
-            other => tracing::warn!(run_id = %run.run_id, duration_ms = took, outcome = other.as_str(),
+            other => {
+                tracing::warn!(run_id = %run.run_id, duration_ms = took, outcome = other.as_str(),
                 steps = %serde_json::to_string(&run.steps).unwrap_or_default(),
-                "{} on {} ended {}", run.runbook, run.target, other.as_str()),
+                "{} on {} ended {}", run.runbook, run.target, other.as_str())
+            }
         }
         Ok(())
     }

@@ -10,7 +10,8 @@ use tracing_subscriber::prelude::*;
 
 pub fn init(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("MSP_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("MSP_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     if daemon && under_systemd {
         match tracing_journald::layer() {
@@ -18,7 +19,10 @@ pub fn init(daemon: bool) {
                 let layer = layer
                     .with_field_prefix(None)
                     .with_syslog_identifier("msp-agent".to_string());
-                tracing_subscriber::registry().with(filter).with(layer).init();
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
                 return;
             }
             Err(e) => eprintln!("msp-agent: journald unavailable ({e}); logging to stderr"),

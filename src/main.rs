@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "msp-agent", version, about = "Keeps a host healthy and proves it")]
+#[command(
+    name = "msp-agent",
+    version,
+    about = "Keeps a host healthy and proves it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -110,14 +114,27 @@ fn main() -> ExitCode {
         Command::Status { config, json } => {
             with_config(config.as_deref(), |c| cli::status(&c.db_path(), json))
         }
-        Command::Incidents { config, json, all, limit } => {
-            with_config(config.as_deref(), |c| cli::incidents(&c.db_path(), json, all, limit))
-        }
-        Command::Silence { target, duration, reason, config } => {
-            with_config(config.as_deref(), |c| cli::silence(&c.db_path(), &target, duration, &reason))
-        }
+        Command::Incidents {
+            config,
+            json,
+            all,
+            limit,
+        } => with_config(config.as_deref(), |c| {
+            cli::incidents(&c.db_path(), json, all, limit)
+        }),
+        Command::Silence {
+            target,
+            duration,
+            reason,
+            config,
+        } => with_config(config.as_deref(), |c| {
+            cli::silence(&c.db_path(), &target, duration, &reason)
+        }),
         Command::Verify(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("msp-agent: cannot start the runtime: {e}");
@@ -150,7 +167,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn with_config(config: Option<&Path>, f: impl FnOnce(&Config) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn with_config(
+    config: Option<&Path>,
+    f: impl FnOnce(&Config) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let (c, _) = load(config).map_err(anyhow::Error::msg)?;
     f(&c)
 }
@@ -181,9 +201,10 @@ fn run(config: Option<&Path>, dry_run: bool) -> ExitCode {
         let signals = cancel.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return;
             };
             tokio::select! {

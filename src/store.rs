@@ -109,8 +109,7 @@ pub fn from_us(us: i64) -> DateTime<Utc> {
 }
 
 /// Outcomes that used a run of the budget (a refusal did not).
-const COUNTED_OUTCOMES: &str =
-    "outcome IN ('running','success','failed','dry_run','interrupted')";
+const COUNTED_OUTCOMES: &str = "outcome IN ('running','success','failed','dry_run','interrupted')";
 
 impl Store {
     /// Opens (creating if needed) the database for the daemon.
@@ -123,9 +122,12 @@ impl Store {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let store = Store { conn, path: p };
         store.check_version()?;
@@ -161,7 +163,11 @@ impl Store {
     fn check_version(&self) -> Result<()> {
         let v: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         match v {
@@ -386,8 +392,9 @@ impl Store {
     }
 
     pub fn runs_since(&self, since: DateTime<Utc>) -> Result<u32> {
-        let sql =
-            format!("SELECT COUNT(*) FROM runbook_runs WHERE started_at_us > ?1 AND {COUNTED_OUTCOMES}");
+        let sql = format!(
+            "SELECT COUNT(*) FROM runbook_runs WHERE started_at_us > ?1 AND {COUNTED_OUTCOMES}"
+        );
         self.conn
             .query_row(&sql, [to_us(since)], |r| r.get(0))
             .map_err(|e| self.err(e))
@@ -523,7 +530,9 @@ impl Store {
             .prepare("SELECT id, event_json FROM outbox ORDER BY id LIMIT ?1")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .query_map([limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
@@ -596,7 +605,12 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
     }
 
-    fn transition(id: &str, from: Option<IncidentState>, to: IncidentState, at: i64) -> IncidentTransition {
+    fn transition(
+        id: &str,
+        from: Option<IncidentState>,
+        to: IncidentState,
+        at: i64,
+    ) -> IncidentTransition {
         IncidentTransition {
             incident_id: id.into(),
             check: "unit_failed".into(),
@@ -631,8 +645,11 @@ mod tests {
         let path = dir.path().join("state.db");
         {
             let mut s = Store::open(&path).unwrap();
-            s.apply_transition(&transition("INC-1", None, IncidentState::Firing, 0), Some(t(0)))
-                .unwrap();
+            s.apply_transition(
+                &transition("INC-1", None, IncidentState::Firing, 0),
+                Some(t(0)),
+            )
+            .unwrap();
             s.begin_run(&run("R1", 1, RunOutcome::Success)).unwrap();
             let mut r2 = run("R2", 5, RunOutcome::RateLimited);
             r2.finished_at = Some(t(5));
@@ -646,7 +663,11 @@ mod tests {
         let interrupted = s.close_interrupted_runs(t(10)).unwrap();
         assert_eq!(interrupted.len(), 1);
         assert_eq!(interrupted[0].run_id, "R1");
-        assert_eq!(s.run_starts("RB-SERVICE-001", "demo.service", t(-100)).unwrap(), vec![t(1)]);
+        assert_eq!(
+            s.run_starts("RB-SERVICE-001", "demo.service", t(-100))
+                .unwrap(),
+            vec![t(1)]
+        );
         assert_eq!(s.runs_since(t(-100)).unwrap(), 1);
         // transition, refusal, interruption: three events, in order
         let out = s.outbox(10).unwrap();
@@ -664,9 +685,17 @@ mod tests {
         s.apply_transition(&transition("INC-1", None, IncidentState::Firing, 0), None)
             .unwrap();
         let dup = s.apply_transition(&transition("INC-2", None, IncidentState::Firing, 1), None);
-        assert!(dup.is_err(), "a second open incident for the same check and target is refused");
+        assert!(
+            dup.is_err(),
+            "a second open incident for the same check and target is refused"
+        );
         s.apply_transition(
-            &transition("INC-1", Some(IncidentState::Firing), IncidentState::Resolved, 2),
+            &transition(
+                "INC-1",
+                Some(IncidentState::Firing),
+                IncidentState::Resolved,
+                2,
+            ),
             None,
         )
         .unwrap();

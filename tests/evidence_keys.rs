@@ -32,6 +32,15 @@ fn credentials_directory_key_is_used_and_printed() {
 
     // pubkey --config: the credential is found the same way the agent finds it.
     let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "[agent]\nhostname = \"db-7\"\nstate_dir = \"/nonexistent\"\n[evidence]\n").unwrap();
-    msp_agent::prove::cli::pubkey(msp_agent::prove::cli::PubkeyArgs { config: Some(cfg), key: None, host: None }).unwrap();
+    std::fs::write(
+        &cfg,
+        "[agent]\nhostname = \"db-7\"\nstate_dir = \"/nonexistent\"\n[evidence]\n",
+    )
+    .unwrap();
+    msp_agent::prove::cli::pubkey(msp_agent::prove::cli::PubkeyArgs {
+        config: Some(cfg),
+        key: None,
+        host: None,
+    })
+    .unwrap();
 }

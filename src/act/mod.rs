@@ -42,7 +42,16 @@ impl StepTimer {
 /// journal cannot be read (the agent's user lacks `systemd-journal`).
 pub async fn journal_cursor(unit: &str) -> Option<String> {
     let out = tokio::process::Command::new("journalctl")
-        .args(["--unit", unit, "--lines", "1", "--output", "json", "--no-pager", "--quiet"])
+        .args([
+            "--unit",
+            unit,
+            "--lines",
+            "1",
+            "--output",
+            "json",
+            "--no-pager",
+            "--quiet",
+        ])
         .kill_on_drop(true)
         .output()
         .await

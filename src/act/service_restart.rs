@@ -26,17 +26,21 @@ pub struct Params {
     pub dry_run: bool,
 }
 
-pub async fn run(unit: &str, p: &Params, cancel: &CancellationToken) -> (RunOutcome, Vec<StepRecord>) {
+pub async fn run(
+    unit: &str,
+    p: &Params,
+    cancel: &CancellationToken,
+) -> (RunOutcome, Vec<StepRecord>) {
     let mut steps = Vec::new();
     if p.dry_run {
         steps.push(StepTimer::start("restart_unit").finish(
             "would_run",
             json!({"method": "org.freedesktop.systemd1.Manager.RestartUnit", "unit": unit, "mode": "replace"}),
         ));
-        steps.push(StepTimer::start("verify_active").finish(
-            "would_run",
-            json!({"settle_secs": p.settle.as_secs_f64()}),
-        ));
+        steps.push(
+            StepTimer::start("verify_active")
+                .finish("would_run", json!({"settle_secs": p.settle.as_secs_f64()})),
+        );
         return (RunOutcome::DryRun, steps);
     }
 
@@ -58,7 +62,11 @@ pub async fn run(unit: &str, p: &Params, cancel: &CancellationToken) -> (RunOutc
             let interrupted = cancel.is_cancelled();
             steps.push(timer.finish("failed", json!({"error": error})));
             return (
-                if interrupted { RunOutcome::Interrupted } else { RunOutcome::Failed },
+                if interrupted {
+                    RunOutcome::Interrupted
+                } else {
+                    RunOutcome::Failed
+                },
                 steps,
             );
         }
@@ -67,7 +75,11 @@ pub async fn run(unit: &str, p: &Params, cancel: &CancellationToken) -> (RunOutc
     // Step 2: a long-running unit must stay active for the settle period; a oneshot
     // (a backup, say) has finished when its restart job is done and must have succeeded.
     let oneshot = service_type(unit).await.as_deref() == Some("oneshot");
-    let timer = StepTimer::start(if oneshot { "verify_succeeded" } else { "verify_active" });
+    let timer = StepTimer::start(if oneshot {
+        "verify_succeeded"
+    } else {
+        "verify_active"
+    });
     let verify = tokio::select! {
         _ = cancel.cancelled() => Err(json!({"error": "interrupted: the agent is stopping"})),
         r = async { if oneshot { verify_oneshot(unit).await } else { verify_active(unit, p.settle).await } } => r,
@@ -106,10 +118,10 @@ async fn restart_and_wait(unit: &str, timeout: Duration) -> Result<serde_json::V
         .map_err(|e| format!("RestartUnit {unit}: {e}"))?;
     let wait = async {
         while let Some(sig) = removed.next().await {
-            if let Ok(args) = sig.args() {
-                if *args.job() == job {
-                    return Some((args.id, args.result().to_string()));
-                }
+            if let Ok(args) = sig.args()
+                && *args.job() == job
+            {
+                return Some((args.id, args.result().to_string()));
             }
         }
         None
@@ -182,7 +194,10 @@ async fn verify_oneshot(unit: &str) -> Result<serde_json::Value, serde_json::Val
 }
 
 /// Polls the unit during the settle period; fails as soon as it leaves `active`.
-async fn verify_active(unit: &str, settle: Duration) -> Result<serde_json::Value, serde_json::Value> {
+async fn verify_active(
+    unit: &str,
+    settle: Duration,
+) -> Result<serde_json::Value, serde_json::Value> {
     let (conn, path) = open_unit(unit).await?;
     let start = tokio::time::Instant::now();
     let mut last;
@@ -200,11 +215,18 @@ async fn verify_active(unit: &str, settle: Duration) -> Result<serde_json::Value
             "settle_secs": settle.as_secs_f64(),
         });
         last = detail;
-        if obs.active_state != "active" && obs.active_state != "activating" && obs.active_state != "reloading" {
+        if obs.active_state != "active"
+            && obs.active_state != "activating"
+            && obs.active_state != "reloading"
+        {
             return Err(last);
         }
         if start.elapsed() >= settle {
-            return if obs.active_state == "active" { Ok(last) } else { Err(last) };
+            return if obs.active_state == "active" {
+                Ok(last)
+            } else {
+                Err(last)
+            };
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -138,7 +138,14 @@ impl Engine {
                         state,
                         opened_at: c.at,
                     };
-                    out.push(transition(&inc, None, state, c.at, &c.reason, &c.observation));
+                    out.push(transition(
+                        &inc,
+                        None,
+                        state,
+                        c.at,
+                        &c.reason,
+                        &c.observation,
+                    ));
                     track.open = Some(inc);
                 }
                 Some(inc) => {
@@ -152,10 +159,11 @@ impl Engine {
                 track.ok_since = Some(c.at);
             }
             track.failing = false;
-            if let Some(inc) = &mut track.open {
-                if flapping && inc.state == IncidentState::Firing {
-                    out.push(move_to(inc, IncidentState::Flapping, &c, &track.edges));
-                }
+            if let Some(inc) = &mut track.open
+                && flapping
+                && inc.state == IncidentState::Firing
+            {
+                out.push(move_to(inc, IncidentState::Flapping, &c, &track.edges));
             }
         }
         out
@@ -175,10 +183,7 @@ impl Engine {
                     .ok_since
                     .is_some_and(|since| now - since >= chrono_dur(cfg.resolve_hold));
                 if held && !flapping {
-                    let reason = format!(
-                        "check passed for {}s",
-                        cfg.resolve_hold.as_secs_f64()
-                    );
+                    let reason = format!("check passed for {}s", cfg.resolve_hold.as_secs_f64());
                     out.push(transition(
                         inc,
                         Some(inc.state),
@@ -332,7 +337,9 @@ mod tests {
                 Tick(at) => e.tick(t(*at)),
                 Escalate(at) => {
                     let id = e.open_incidents().next().map(|i| i.id.clone());
-                    id.and_then(|id| e.escalate(&id, t(*at), "limit")).into_iter().collect()
+                    id.and_then(|id| e.escalate(&id, t(*at), "limit"))
+                        .into_iter()
+                        .collect()
                 }
             };
             for tr in ts {
@@ -350,7 +357,11 @@ mod tests {
     #[test]
     fn state_machine_table() {
         let cases: &[(&str, &[Step], &[&str])] = &[
-            ("steady ok makes nothing", &[Obs(0, false), Tick(10), Obs(20, false)], &[]),
+            (
+                "steady ok makes nothing",
+                &[Obs(0, false), Tick(10), Obs(20, false)],
+                &[],
+            ),
             (
                 "fail then recover resolves after the hold",
                 &[Obs(0, true), Obs(1, false), Tick(3), Tick(6)],
@@ -363,31 +374,71 @@ mod tests {
             ),
             (
                 "a fix that does not hold keeps the same incident",
-                &[Obs(0, true), Obs(1, false), Obs(2, true), Tick(10), Obs(11, false), Tick(17)],
+                &[
+                    Obs(0, true),
+                    Obs(1, false),
+                    Obs(2, true),
+                    Tick(10),
+                    Obs(11, false),
+                    Tick(17),
+                ],
                 &["INC-1:none->firing", "INC-1:firing->flapping"],
             ),
             (
                 "after resolution a new failure is a new incident",
                 &[Obs(0, true), Obs(1, false), Tick(7), Obs(100, true)],
-                &["INC-1:none->firing", "INC-1:firing->resolved", "INC-2:none->firing"],
+                &[
+                    "INC-1:none->firing",
+                    "INC-1:firing->resolved",
+                    "INC-2:none->firing",
+                ],
             ),
             (
                 "flapping resolves only once the window calms",
                 &[
-                    Obs(0, true), Obs(1, false), Obs(2, true), Obs(3, false),
-                    Tick(10), Tick(70),
+                    Obs(0, true),
+                    Obs(1, false),
+                    Obs(2, true),
+                    Obs(3, false),
+                    Tick(10),
+                    Tick(70),
                 ],
-                &["INC-1:none->firing", "INC-1:firing->flapping", "INC-1:flapping->resolved"],
+                &[
+                    "INC-1:none->firing",
+                    "INC-1:firing->flapping",
+                    "INC-1:flapping->resolved",
+                ],
             ),
             (
                 "flapping then steadily failing returns to firing",
-                &[Obs(0, true), Obs(1, false), Obs(2, true), Obs(3, false), Obs(4, true), Tick(70)],
-                &["INC-1:none->firing", "INC-1:firing->flapping", "INC-1:flapping->firing"],
+                &[
+                    Obs(0, true),
+                    Obs(1, false),
+                    Obs(2, true),
+                    Obs(3, false),
+                    Obs(4, true),
+                    Tick(70),
+                ],
+                &[
+                    "INC-1:none->firing",
+                    "INC-1:firing->flapping",
+                    "INC-1:flapping->firing",
+                ],
             ),
             (
                 "escalation is recorded once and resolves normally",
-                &[Obs(0, true), Escalate(1), Escalate(2), Obs(3, false), Tick(9)],
-                &["INC-1:none->firing", "INC-1:firing->needs_human", "INC-1:needs_human->resolved"],
+                &[
+                    Obs(0, true),
+                    Escalate(1),
+                    Escalate(2),
+                    Obs(3, false),
+                    Tick(9),
+                ],
+                &[
+                    "INC-1:none->firing",
+                    "INC-1:firing->needs_human",
+                    "INC-1:needs_human->resolved",
+                ],
             ),
         ];
         for (name, steps, expected) in cases {
@@ -418,7 +469,10 @@ mod tests {
         };
         let mut ids = || "INC-new".to_string();
         assert!(e.observe(c(10, true), &mut ids).is_empty());
-        assert_eq!(e.open_incident("unit_failed", "demo.service").unwrap().id, "INC-old");
+        assert_eq!(
+            e.open_incident("unit_failed", "demo.service").unwrap().id,
+            "INC-old"
+        );
         assert!(e.observe(c(11, false), &mut ids).is_empty());
         let tr = e.tick(t(20));
         assert_eq!(tr.len(), 1);

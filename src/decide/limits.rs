@@ -59,9 +59,7 @@ pub fn decide(
         (Verdict::Escalate, "global_budget")
     } else if runs_in_window >= limits.max_runs {
         (Verdict::Escalate, "max_runs_in_window")
-    } else if let Some(last) =
-        last.filter(|l| now - *l < chrono_dur(limits.min_interval))
-    {
+    } else if let Some(last) = last.filter(|l| now - *l < chrono_dur(limits.min_interval)) {
         (
             Verdict::Defer(last + chrono_dur(limits.min_interval)),
             "min_interval",
@@ -125,7 +123,11 @@ mod tests {
             global_last_hour: global,
         };
         let (v, d) = decide(&limits, &history, "RB-SERVICE-001", "demo.service", t(now));
-        assert_eq!((v.clone(), d.rule.as_str()), expected, "starts {starts:?} now {now}");
+        assert_eq!(
+            (v.clone(), d.rule.as_str()),
+            expected,
+            "starts {starts:?} now {now}"
+        );
         assert_eq!(d.allowed, v == Verdict::Allow);
     }
 
@@ -135,19 +137,39 @@ mod tests {
         check(&[0], 1, 100, (Verdict::Defer(t(300)), "min_interval"));
         check(&[0], 1, 300, (Verdict::Allow, "allowed"));
         check(&[0, 300], 2, 700, (Verdict::Allow, "allowed"));
-        check(&[0, 300, 600], 3, 1000, (Verdict::Escalate, "max_runs_in_window"));
+        check(
+            &[0, 300, 600],
+            3,
+            1000,
+            (Verdict::Escalate, "max_runs_in_window"),
+        );
         // the oldest run left the 30 minute window
         check(&[0, 300, 600], 3, 1801, (Verdict::Allow, "allowed"));
         check(&[], 10, 0, (Verdict::Escalate, "global_budget"));
         // a full window wins over a pending spacing: escalate, do not wait
-        check(&[0, 10, 20], 3, 30, (Verdict::Escalate, "max_runs_in_window"));
+        check(
+            &[0, 10, 20],
+            3,
+            30,
+            (Verdict::Escalate, "max_runs_in_window"),
+        );
     }
 
     #[test]
     fn silences_match_names_and_globs_until_they_end() {
         let s = vec![
-            Silence { id: 1, target: "demo.service".into(), until: t(100), reason: "m".into() },
-            Silence { id: 2, target: "db-*.service".into(), until: t(50), reason: "m".into() },
+            Silence {
+                id: 1,
+                target: "demo.service".into(),
+                until: t(100),
+                reason: "m".into(),
+            },
+            Silence {
+                id: 2,
+                target: "db-*.service".into(),
+                until: t(50),
+                reason: "m".into(),
+            },
         ];
         assert_eq!(active_silence(&s, "demo.service", t(0)).unwrap().id, 1);
         assert!(active_silence(&s, "demo.service", t(100)).is_none());

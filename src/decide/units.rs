@@ -61,7 +61,12 @@ pub struct CrashLoops {
 
 impl CrashLoops {
     /// Records the observation and evaluates the check at `obs.seen_at`.
-    pub fn observe(&mut self, obs: &UnitObservation, threshold: u32, window: Duration) -> Condition {
+    pub fn observe(
+        &mut self,
+        obs: &UnitObservation,
+        threshold: u32,
+        window: Duration,
+    ) -> Condition {
         let h = self.history.entry(obs.unit.clone()).or_default();
         if h.back().is_none_or(|(_, n)| *n != obs.n_restarts) {
             h.push_back((obs.seen_at, obs.n_restarts));

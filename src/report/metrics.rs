@@ -94,7 +94,11 @@ impl Metrics {
             remediation_duration.clone(),
         );
         let watched_units = Gauge::default();
-        registry.register("watched_units", "Units the agent follows", watched_units.clone());
+        registry.register(
+            "watched_units",
+            "Units the agent follows",
+            watched_units.clone(),
+        );
         let bus_connected = Gauge::default();
         registry.register(
             "system_bus_connected",
@@ -218,7 +222,7 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr, cancel: Cancellation
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(Full::new(Bytes::from(metrics.encode())))
@@ -226,8 +230,7 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr, cancel: Cancellation
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(b"see /metrics\n")))
-                    };
-                    resp
+                    }
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -273,14 +276,22 @@ mod tests {
     fn the_shipped_dashboard_uses_only_exported_metrics() {
         let m = Metrics::new();
         m.incidents_opened
-            .get_or_create(&IncidentLabels { check: "c".into(), severity: "s".into() })
+            .get_or_create(&IncidentLabels {
+                check: "c".into(),
+                severity: "s".into(),
+            })
             .inc();
         m.set_open(&[("firing", 0)]);
         m.remediations
-            .get_or_create(&RunLabels { runbook: "r".into(), outcome: "o".into() })
+            .get_or_create(&RunLabels {
+                runbook: "r".into(),
+                outcome: "o".into(),
+            })
             .inc();
         m.remediation_duration
-            .get_or_create(&RunbookLabel { runbook: "r".into() })
+            .get_or_create(&RunbookLabel {
+                runbook: "r".into(),
+            })
             .observe(1.0);
         let text = m.encode();
         let dashboard = include_str!("../../dist/grafana/msp-agent.json");
@@ -298,6 +309,9 @@ mod tests {
             checked += 1;
             rest = &rest[i + name.len()..];
         }
-        assert!(checked >= 9, "only {checked} metric references found in the dashboard");
+        assert!(
+            checked >= 9,
+            "only {checked} metric references found in the dashboard"
+        );
     }
 }

@@ -83,7 +83,12 @@ impl UnitWatcher {
                 retry_in_ms = backoff.as_millis() as u64,
                 "lost the system bus; unit changes until the reconnect are recovered by a full re-read"
             );
-            if self.tx.send(WatchEvent::Disconnected { error }).await.is_err() {
+            if self
+                .tx
+                .send(WatchEvent::Disconnected { error })
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::select! {
