@@ -30,7 +30,10 @@ stage() {
 start_s3() { local env; env=$(bash tests/s3/ceph.sh up) && eval "$env"; }
 fuzz() { CARGO_TARGET_DIR=/var/tmp/msp-agent-fuzz-target bash fuzz/run.sh "${FUZZ_SECONDS:-20}"; }
 
+lint() { cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings; }
+
 stage build cargo build --release --locked --bin msp-agent
+stage lint lint
 stage s3-server start_s3
 stage unit-and-integration-tests cargo test --locked
 stage fuzz fuzz
