@@ -588,6 +588,14 @@ global_per_hour = 7
     }
 
     #[test]
+    fn the_documented_example_is_a_valid_config() {
+        let doc = include_str!("../docs/config.md");
+        let start = doc.find("```toml\n").expect("a toml block in docs/config.md") + 8;
+        let len = doc[start..].find("```").expect("the block ends");
+        Config::parse(&doc[start..start + len], Path::new("docs/config.md")).unwrap();
+    }
+
+    #[test]
     fn globs_and_names_match_as_expected() {
         let rule = |p: &str| UnitRule {
             pattern: Spanned::new(0..0, p.to_string()),
