@@ -590,7 +590,10 @@ global_per_hour = 7
     #[test]
     fn the_documented_example_is_a_valid_config() {
         let doc = include_str!("../docs/config.md");
-        let start = doc.find("```toml\n").expect("a toml block in docs/config.md") + 8;
+        let start = doc
+            .find("```toml\n")
+            .expect("a toml block in docs/config.md")
+            + 8;
         let len = doc[start..].find("```").expect("the block ends");
         Config::parse(&doc[start..start + len], Path::new("docs/config.md")).unwrap();
     }
