@@ -155,7 +155,7 @@ impl Daemon {
             evidence_cancel.clone(),
         ));
         if let Some(s3) = self.config.evidence.s3.clone() {
-            tracker.spawn(crate::prove::upload::run(
+            tracker.spawn(supervise_upload(
                 self.evidence.clone(),
                 s3,
                 evidence_cancel.clone(),
@@ -816,5 +816,46 @@ fn drain_outbox(store: &Mutex<Store>, evidence: &Evidence) -> Result<usize, Stri
             tracing::debug!(incident_id = %s.incident_id, seq = s.seq, "evidence sealed");
             sealed += 1;
         }
+    }
+}
+
+/// Runs the uploader and restarts it (with backoff) if it dies: a crash there must
+/// cost a delay in reaching the bucket, never the bundles (they stay in the spool).
+async fn supervise_upload(
+    evidence: Evidence,
+    s3: crate::prove::S3Config,
+    cancel: CancellationToken,
+) {
+    let mut delay = Duration::from_secs(5);
+    loop {
+        let task = tokio::spawn(crate::prove::upload::run(
+            evidence.clone(),
+            s3.clone(),
+            cancel.clone(),
+        ));
+        match task.await {
+            Ok(()) => return,
+            Err(e) => {
+                let why = if e.is_panic() {
+                    let p = e.into_panic();
+                    p.downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".to_string())
+                } else {
+                    e.to_string()
+                };
+                tracing::error!(
+                    error = %why,
+                    retry_in_secs = delay.as_secs(),
+                    "the evidence uploader stopped; bundles stay in the spool until it runs again"
+                );
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(300));
     }
 }

@@ -25,7 +25,7 @@ SUITE=bookworm
 #  python3                demo services and helper scripts inside
 #  sqlite3                read the agent's history the way an auditor would
 #  iproute2               ss, to see the metrics endpoint listening
-PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,polkitd,restic,procps,python3,sqlite3,iproute2
+PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,polkitd,restic,procps,python3,sqlite3,iproute2,ca-certificates
 
 CACHE=${MSP_BENCH_CACHE:-/var/tmp/msp-agent-bench}
 self=$(readlink -f "${BASH_SOURCE[0]}")

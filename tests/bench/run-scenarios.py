@@ -18,6 +18,7 @@ MSP_AGENT_UNIT_FILE (default dist/systemd/msp-agent.service).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -47,6 +48,36 @@ def dump_agent_state(machine) -> None:
             print(f"--- {cmd}: {e}", flush=True)
 
 
+S3_BUCKET = "msp-bench-evidence"
+
+
+def provide_s3_bucket(machine) -> bool:
+    """With a loopback S3 server (tests/s3/ceph.sh, MSP_AGENT_S3_ENDPOINT and AWS_* set),
+    create an Object Lock bucket and describe it to the machine the way the NixOS module
+    does: an [evidence.s3] table in /etc/msp-agent/rendered.toml. Returns False without one."""
+    endpoint = os.environ.get("MSP_AGENT_S3_ENDPOINT")
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (endpoint and key and secret):
+        return False
+    region = os.environ.get("AWS_REGION", "us-east-1")
+    r = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/stderr", "-w", "%{http_code}", "-X", "PUT",
+         "--aws-sigv4", f"aws:amz:{region}:s3", "--user", f"{key}:{secret}",
+         "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+         "-H", "x-amz-bucket-object-lock-enabled: true", f"{endpoint}/{S3_BUCKET}"],
+        capture_output=True, text=True)
+    if r.stdout.strip() not in ("200", "409"):  # 409: it exists already (ours)
+        raise RuntimeError(f"cannot create bucket {S3_BUCKET} at {endpoint}: HTTP {r.stdout} {r.stderr}")
+    machine.write_file("/etc/msp-agent/s3-credentials",
+                       f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n", mode=0o640)
+    machine.succeed("chgrp msp-agent /etc/msp-agent/s3-credentials")
+    machine.write_file("/etc/msp-agent/rendered.toml",
+                       f"[evidence.s3]\nbucket = \"{S3_BUCKET}\"\nendpoint = \"{endpoint}\"\n"
+                       f"region = \"{region}\"\npath_style = true\n"
+                       f"credentials_file = \"/etc/msp-agent/s3-credentials\"\n")
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("only", nargs="*", help="run only scenarios whose name contains one of these")
@@ -70,6 +101,11 @@ def main() -> int:
         machine = bench.boot("msp-scenarios", persistent=args.keep)
         bench.install_demo_units(machine)
         bench.install_agent(machine, common.config())
+        if not provide_s3_bucket(machine):
+            dropped = [f.__name__ for f in selected if "s3" in f.__name__]
+            selected = [f for f in selected if "s3" not in f.__name__]
+            for name in dropped:
+                print(f"NOT RUN {name}: no S3 server (eval \"$(bash tests/s3/ceph.sh up)\" first)", flush=True)
     except Exception:
         traceback.print_exc()
         print("FAIL bench setup (no scenario ran)", flush=True)

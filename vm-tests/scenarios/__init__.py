@@ -20,6 +20,7 @@ from .agent_stop_mid_runbook import (scenario_sigkill_mid_runbook_not_done_twice
 from .bus_restart import scenario_bus_restart_survived
 from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
+from .evidence_s3_outage import scenario_evidence_s3_outage_then_catch_up
 from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
 from .oneshot_rerun import scenario_oneshot_failure_is_rerun
@@ -42,6 +43,7 @@ ALL = [
     scenario_unit_hardening,
     scenario_silence_stops_remediation,
     scenario_dry_run_records_without_acting,
+    scenario_evidence_s3_outage_then_catch_up,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]
