@@ -187,6 +187,8 @@ fn run(config: Option<&Path>, dry_run: bool) -> ExitCode {
     config.agent.dry_run |= dry_run;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // SQLite and fsync run on blocking threads; a few are plenty and keep memory low.
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {
