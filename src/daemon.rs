@@ -6,7 +6,6 @@
 //! the same transaction) before anything else is done about it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -747,11 +746,6 @@ impl Daemon {
         }
         Ok(())
     }
-}
-
-/// The state directory to use for a CLI command.
-pub fn state_db(config: &Config) -> PathBuf {
-    config.db_path()
 }
 
 /// Seals outbox events into evidence bundles, in order, until `cancel`; then

@@ -131,15 +131,9 @@ fn main() -> ExitCode {
             cli::silence(&c.db_path(), &target, duration, &reason)
         }),
         Command::Verify(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("msp-agent: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread().enable_all())
+            else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(msp_agent::prove::cli::verify(args)) {
                 Ok(code) => return code,
@@ -167,6 +161,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .build()
+        .map_err(|e| eprintln!("msp-agent: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn with_config(
     config: Option<&Path>,
     f: impl FnOnce(&Config) -> anyhow::Result<()>,
@@ -185,18 +186,14 @@ fn run(config: Option<&Path>, dry_run: bool) -> ExitCode {
         }
     };
     config.agent.dry_run |= dry_run;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        // SQLite and fsync run on blocking threads; a few are plenty and keep memory low.
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("msp-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            // SQLite and fsync run on blocking threads; a few are plenty and keep memory low.
+            .max_blocking_threads(4)
+            .enable_all(),
+    ) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
         let cancel = CancellationToken::new();
