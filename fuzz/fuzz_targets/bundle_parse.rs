@@ -16,8 +16,12 @@ fuzz_target!(|data: &[u8]| {
         );
         let _ = p.typed_body();
         let stem = p.envelope.object_stem();
+        // Exactly five components, none empty and none starting with a dot, so the
+        // key can never name a folder above the host's own ("..", ".", "").
+        let parts: Vec<&str> = stem.split('/').collect();
+        assert_eq!(parts.len(), 5, "object key has extra folders: {stem}");
         assert!(
-            !stem.contains(".."),
+            parts.iter().all(|c| !c.is_empty() && !c.starts_with('.')),
             "object key escapes its folder: {stem}"
         );
     }

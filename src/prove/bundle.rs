@@ -249,12 +249,14 @@ pub fn key_safe(s: &str) -> String {
 /// `<host>/<yyyy>/<mm>/<dd>/<seq, 12 digits>-<incident id or kind>`.
 /// Deterministic from the bundle's content, so a re-upload lands on the same key.
 pub fn object_stem(host: &str, seq: u64, recorded_at: &str, incident_or_kind: &str) -> String {
-    // recorded_at is "YYYY-MM-DDT…"; fall back to a fixed folder if it is not.
-    let (y, m, d) = match (
-        recorded_at.get(0..4),
-        recorded_at.get(5..7),
-        recorded_at.get(8..10),
-    ) {
+    // recorded_at is "YYYY-MM-DDT…"; fall back to a fixed folder if it is not, so
+    // no part of a timestamp ever becomes a path component of its own choosing.
+    let digits = |r: std::ops::Range<usize>| {
+        recorded_at
+            .get(r)
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let (y, m, d) = match (digits(0..4), digits(5..7), digits(8..10)) {
         (Some(y), Some(m), Some(d)) => (y, m, d),
         _ => ("0000", "00", "00"),
     };
@@ -423,6 +425,10 @@ mod tests {
         assert_eq!(
             object_stem("..", 1, "bad", ""),
             "_../0000/00/00/000000000001-_"
+        );
+        assert_eq!(
+            object_stem("h", 1, "../../..T00", "x"),
+            "h/0000/00/00/000000000001-x"
         );
         assert_eq!(seq_from_name("000000000042-inc.json"), Some(42));
         assert_eq!(seq_from_name("42-inc.json"), None);
