@@ -10,7 +10,9 @@ them from a package:
   * the unit file dist/systemd/msp-agent.service;
   * a config file at /etc/msp-agent/config.toml;
   * the polkit rule printed by `msp-agent polkit-rule --config ...`;
-  * the demo units from tests/bench/units/.
+  * the demo units from tests/bench/units/;
+  * a restic backup like the one services.restic.backups makes on NixOS
+    (tests/bench/backup/): its unit, password file and the data it backs up.
 
 The agent is never started here: each caller decides when.
 """
@@ -27,6 +29,7 @@ from nspawn_driver import Machine
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 UNITS_DIR = HERE / "units"
+BACKUP_DIR = HERE / "backup"
 
 CONFIG_PATH = "/etc/msp-agent/config.toml"
 POLKIT_RULE_PATH = "/etc/polkit-1/rules.d/50-msp-agent.rules"
@@ -64,6 +67,22 @@ def install_demo_units(machine: Machine, names: Optional[list[str]] = None) -> N
     machine.succeed("systemctl daemon-reload")
     if names is None or "demo.service" in names:
         machine.succeed("systemctl enable --now demo.service")
+
+
+def install_backup(machine: Machine) -> None:
+    """restic-backups-clinic.service with its password file and data; not run yet (the
+    first run initialises the repository, as `initialize = true` does on NixOS)."""
+    for path in sorted(BACKUP_DIR.glob("*.service")):
+        machine.copy_from_host(str(path), f"/etc/systemd/system/{path.name}")
+    machine.succeed(
+        "install -d -m 0700 /etc/restic /var/backup",
+        "test -s /etc/restic/clinic-password || "
+        "(head -c 24 /dev/urandom | base64 > /etc/restic/clinic-password)",
+        "chmod 0600 /etc/restic/clinic-password",
+        "install -d -m 0755 /var/lib/clinic",
+        "echo 'appointments and invoices' > /var/lib/clinic/records.txt",
+        "systemctl daemon-reload",
+    )
 
 
 def write_config(machine: Machine, config: str) -> None:

@@ -100,7 +100,9 @@ def main() -> int:
     try:
         machine = bench.boot("msp-scenarios", persistent=args.keep)
         bench.install_demo_units(machine)
-        bench.install_agent(machine, common.config())
+        bench.install_backup(machine)
+        # The polkit rule comes from this config: the demo units and the backup.
+        bench.install_agent(machine, common.config(pattern=["demo*.service", "restic-backups-*.service"]))
         if not provide_s3_bucket(machine):
             dropped = [f.__name__ for f in selected if "s3" in f.__name__]
             selected = [f for f in selected if "s3" not in f.__name__]

@@ -11,12 +11,17 @@ What a machine must provide before a scenario runs:
   * demo.service (long-running, Restart=no), demo-crashloop.service (fails about 0.5 s
     after each start, Restart=no) and unwatched.service (long-running, not matched by
     the config), all with StartLimitIntervalSec=0; see tests/bench/units/;
-  * sqlite3, journalctl, busctl, setpriv.
+  * restic-backups-clinic.service, a restic backup as NixOS's services.restic.backups
+    makes it (a oneshot naming its repository and password file in RESTIC_* variables
+    of its environment), which the polkit rule lets the agent's user start; see
+    tests/bench/backup/ and vm-tests/backup.nix;
+  * sqlite3, journalctl, busctl, setpriv, pkill, restic.
 Each scenario resets the agent's state and config itself, so they run in any order.
 """
 
 from .agent_stop_mid_runbook import (scenario_sigkill_mid_runbook_not_done_twice,
                                      scenario_sigterm_finishes_runbook_in_flight)
+from .backup_rerun import scenario_backup_failure_is_rerun
 from .bus_restart import scenario_bus_restart_survived
 from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
@@ -44,6 +49,7 @@ ALL = [
     scenario_silence_stops_remediation,
     scenario_dry_run_records_without_acting,
     scenario_evidence_s3_outage_then_catch_up,
+    scenario_backup_failure_is_rerun,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]

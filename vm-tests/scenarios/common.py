@@ -32,19 +32,18 @@ def config(
     settle: str = "2s",
     min_interval: str = "1s",
     window: str = "10m",
-    pattern: str = "demo*.service",
+    pattern: str | list[str] = "demo*.service",
     global_per_hour: int = 100,
 ) -> str:
     """Short timings so a scenario takes seconds; flapping out of the way so the
-    rate limit is what stops a crash loop."""
+    rate limit is what stops a crash loop. Every pattern is watched with remediation."""
+    patterns = [pattern] if isinstance(pattern, str) else pattern
+    watch = "".join(f'[[watch.units]]\npattern = "{p}"\nremediate = true\n\n' for p in patterns)
     return f"""\
 [agent]
 state_dir = "{STATE_DIR}"
 
-[[watch.units]]
-pattern = "{pattern}"
-remediate = true
-
+{watch}
 [incidents]
 flap_window = "10m"
 flap_threshold = 100
