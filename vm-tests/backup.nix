@@ -1,11 +1,9 @@
 # The agent next to a restic backup made by services.restic.backups, into a
 # repository on the same host. The module must discover the backup on its
 # own, watch its unit with remediation in the agent's config and let the
-# agent's user start it; then the shared backup scenarios run (a failed backup
-# unit started again by RB-SERVICE-001).
-#
-# Not in the flake's `checks` until vm-tests/scenarios/ has a backup scenario
-# (vm-tests/groups.nix): without one, run_scenarios fails by design.
+# agent's user start it; then the shared backup scenarios run
+# (vm-tests/scenarios/backup_rerun.py: a backup run killed half way is run
+# again by RB-SERVICE-001 and leaves a new snapshot).
 { pkgs, vmTests }:
 
 let
