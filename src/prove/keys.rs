@@ -271,6 +271,39 @@ pub struct TrustedKey {
     /// Principal patterns from an allowed_signers line (`*` and `?` globs,
     /// comma-separated); `None` for a plain `.pub` line, which may sign for any host.
     pub principals: Option<String>,
+    /// An Ed25519 key decoded once: verifying a run of bundles then skips decoding the
+    /// same point for every one of them.
+    ed25519: Option<ed25519_dalek::VerifyingKey>,
+}
+
+impl TrustedKey {
+    pub fn new(key: PublicKey, principals: Option<String>) -> TrustedKey {
+        let key_id = key.fingerprint(HashAlg::Sha256).to_string();
+        let ed25519 = key
+            .key_data()
+            .ed25519()
+            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k.0).ok());
+        TrustedKey {
+            key,
+            key_id,
+            principals,
+            ed25519,
+        }
+    }
+
+    /// The SSHSIG check `ssh-keygen -Y verify` makes: the signature over the signed-data
+    /// blob (namespace, empty reserved field, hash algorithm, hash of the message).
+    fn verify_sshsig(&self, msg: &[u8], sig: &SshSig) -> Result<(), ()> {
+        match (&self.ed25519, sig.algorithm()) {
+            (Some(vk), Algorithm::Ed25519) => {
+                use ed25519_dalek::Verifier;
+                let signed = SshSig::signed_data(NAMESPACE, sig.hash_alg(), msg).map_err(|_| ())?;
+                let sig = ed25519_dalek::Signature::try_from(sig.signature()).map_err(|_| ())?;
+                vk.verify(&signed, &sig).map_err(|_| ())
+            }
+            _ => self.key.verify(NAMESPACE, msg, sig).map_err(|_| ()),
+        }
+    }
 }
 
 /// The keys a verifier accepts: an allowed_signers file or OpenSSH `.pub` lines.
@@ -306,12 +339,7 @@ impl TrustedKeys {
             } else {
                 Some(tokens[0].to_owned())
             };
-            let key_id = key.fingerprint(HashAlg::Sha256).to_string();
-            keys.push(TrustedKey {
-                key,
-                key_id,
-                principals,
-            });
+            keys.push(TrustedKey::new(key, principals));
         }
         if keys.is_empty() {
             return Err("no public key in the file".into());
@@ -343,17 +371,18 @@ impl TrustedKeys {
                 sig.namespace()
             ));
         }
-        let signer = PublicKey::from(sig.public_key().clone());
-        let signer_id = signer.fingerprint(HashAlg::Sha256).to_string();
         let Some(trusted) = self
             .keys
             .iter()
             .find(|k| k.key.key_data() == sig.public_key())
         else {
+            let signer = PublicKey::from(sig.public_key().clone());
             return Err(format!(
-                "signed by {signer_id}, which is not among the trusted public keys"
+                "signed by {}, which is not among the trusted public keys",
+                signer.fingerprint(HashAlg::Sha256)
             ));
         };
+        let signer_id = &trusted.key_id;
         if let Some(p) = &trusted.principals
             && !principal_matches(p, host)
         {
@@ -367,8 +396,7 @@ impl TrustedKeys {
             ));
         }
         trusted
-            .key
-            .verify(NAMESPACE, msg, &sig)
+            .verify_sshsig(msg, &sig)
             .map_err(|_| "signature does not match the bundle's bytes".to_string())
     }
 }
@@ -433,6 +461,44 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.contains("not among the trusted"), "{err}");
+    }
+
+    #[test]
+    fn decoded_key_path_agrees_with_ssh_key() {
+        // The verifier checks Ed25519 signatures with a key decoded once; for every
+        // message, hash algorithm and tampering it must answer as ssh-key's own
+        // PublicKey::verify does (the code path `ssh-keygen -Y verify` is modelled on).
+        let k = SigningKey::from_seed([9; 32]);
+        let trusted = TrustedKeys::parse(&allowed_signers_line("*", k.public_key())).unwrap();
+        let t = &trusted.keys[0];
+        assert!(t.ed25519.is_some());
+        for (i, hash) in [HashAlg::Sha512, HashAlg::Sha256].into_iter().enumerate() {
+            let msg = format!("bundle {i}").into_bytes();
+            let sig = k.key.sign(NAMESPACE, hash, &msg).unwrap();
+            let mut bytes = sig.signature_bytes().to_vec();
+            bytes[10] ^= 1;
+            let bad_sig = SshSig::new(
+                sig.public_key().clone(),
+                NAMESPACE,
+                hash,
+                ssh_key::Signature::new(Algorithm::Ed25519, bytes).unwrap(),
+            )
+            .unwrap();
+            for (m, s) in [
+                (&msg[..], &sig),
+                (&b"other"[..], &sig),
+                (&msg[..], &bad_sig),
+            ] {
+                assert_eq!(
+                    t.verify_sshsig(m, s).is_ok(),
+                    t.key.verify(NAMESPACE, m, s).is_ok(),
+                    "{hash:?} {:?}",
+                    String::from_utf8_lossy(m)
+                );
+            }
+            assert!(t.verify_sshsig(&msg, &sig).is_ok());
+            assert!(t.verify_sshsig(&msg, &bad_sig).is_err());
+        }
     }
 
     #[test]
