@@ -133,6 +133,23 @@ impl Daemon {
             );
         }
         for inc in self.db(|s| s.open_incidents()).await? {
+            let unit_check = inc.check == CHECK_UNIT_FAILED || inc.check == CHECK_CRASH_LOOP;
+            if unit_check && self.config.unit_rule(&inc.target).is_none() {
+                // The configuration no longer watches this unit: nothing would ever
+                // observe it again, so the incident is closed now, saying why, rather
+                // than left open for ever.
+                let (check, target) = (inc.check.clone(), inc.target.clone());
+                self.engine.restore(inc);
+                if let Some(t) = self.engine.retire(
+                    &check,
+                    &target,
+                    now,
+                    "the unit is no longer watched (the configuration changed); closed without remediation",
+                ) {
+                    self.record_transition(t, None).await?;
+                }
+                continue;
+            }
             tracing::info!(incident_id = %inc.id, state = inc.state.as_str(), unit = %inc.target,
                 "incident still open from before the restart");
             self.engine.restore(inc);

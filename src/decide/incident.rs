@@ -215,6 +215,30 @@ impl Engine {
         out
     }
 
+    /// Closes an open incident at once because its check no longer applies (the
+    /// target left the configuration): resolved, with the reason recorded, and the
+    /// target forgotten so nothing more is decided about it.
+    pub fn retire(
+        &mut self,
+        check: &str,
+        target: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Option<IncidentTransition> {
+        let track = self
+            .tracks
+            .remove(&(check.to_string(), target.to_string()))?;
+        let inc = track.open?;
+        Some(transition(
+            &inc,
+            Some(inc.state),
+            IncidentState::Resolved,
+            at,
+            reason,
+            &track.last_observation,
+        ))
+    }
+
     /// A person must look: remediation was refused or did not hold.
     pub fn escalate(
         &mut self,
@@ -444,6 +468,33 @@ mod tests {
         for (name, steps, expected) in cases {
             assert_eq!(run(steps), *expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn retired_incident_resolves_at_once_and_is_forgotten() {
+        let mut e = engine();
+        e.restore(OpenIncident {
+            id: "inc-9".into(),
+            check: "unit_failed".into(),
+            target: "gone.service".into(),
+            severity: "critical".into(),
+            state: IncidentState::NeedsHuman,
+            opened_at: t(0),
+        });
+        let tr = e
+            .retire("unit_failed", "gone.service", t(5), "no longer watched")
+            .expect("an open incident is retired");
+        assert_eq!(tr.incident_id, "inc-9");
+        assert_eq!(tr.from, Some(IncidentState::NeedsHuman));
+        assert_eq!(tr.to, IncidentState::Resolved);
+        assert_eq!(tr.reason, "no longer watched");
+        assert!(e.find("inc-9").is_none());
+        assert!(!e.is_failing("unit_failed", "gone.service"));
+        assert!(e.tick(t(100)).is_empty());
+        assert!(
+            e.retire("unit_failed", "gone.service", t(6), "again")
+                .is_none()
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ from .agent_stop_mid_runbook import (scenario_sigkill_mid_runbook_not_done_twice
                                      scenario_sigterm_finishes_runbook_in_flight)
 from .backup_rerun import scenario_backup_failure_is_rerun
 from .bus_restart import scenario_bus_restart_survived
+from .config_change import scenario_unwatched_unit_incident_is_closed
 from .config_typo import scenario_config_typo_refused
 from .crash_loop import scenario_crash_loop_escalates
 from .evidence_s3_outage import scenario_evidence_s3_outage_then_catch_up
@@ -39,6 +40,7 @@ ALL = [
     scenario_crash_loop_escalates,
     scenario_crash_loop_survives_agent_restart,
     scenario_config_typo_refused,
+    scenario_unwatched_unit_incident_is_closed,
     scenario_polkit_rule_scopes_restarts,
     scenario_evidence_sealed_and_verifiable,
     scenario_bus_restart_survived,
