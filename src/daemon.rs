@@ -154,6 +154,12 @@ impl Daemon {
                 "incident still open from before the restart");
             self.engine.restore(inc);
         }
+        // Flap detection carries on where it stopped: the state changes still in
+        // the window come back from SQLite.
+        let since = now - chrono_dur(self.config.incidents.flap_window);
+        for edge in self.db(move |s| s.edges_since(since)).await? {
+            self.engine.restore_edge(edge);
+        }
         self.write_status("starting").await;
 
         let (watch_tx, mut watch_rx) = mpsc::channel(4096);
@@ -459,9 +465,21 @@ impl Daemon {
             self.config.incidents.crash_loop_window,
         );
         transitions.extend(self.engine.observe(crash, &mut Self::new_incident_id));
+        self.save_edges().await?;
         for t in transitions {
             self.record_transition(t, obs.state_change).await?;
         }
+        Ok(())
+    }
+
+    /// Persists the state changes the engine counted towards flapping.
+    async fn save_edges(&mut self) -> anyhow::Result<()> {
+        let edges = self.engine.take_new_edges();
+        if edges.is_empty() {
+            return Ok(());
+        }
+        let keep_since = Utc::now() - chrono_dur(self.config.incidents.flap_window);
+        self.db(move |s| s.record_edges(&edges, keep_since)).await?;
         Ok(())
     }
 
@@ -530,6 +548,7 @@ impl Daemon {
                 self.record_transition(t, None).await?;
             }
         }
+        self.save_edges().await?;
         // Decide nothing before the initial state is read (after a start or a
         // reconnect): a restored incident may already be fixed.
         if !self.bus_connected {

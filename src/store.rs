@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::decide::incident::OpenIncident;
+use crate::decide::incident::{Edge, OpenIncident};
 use crate::decide::limits::Silence;
 use crate::events::{Event, IncidentState, IncidentTransition, RunOutcome, RunbookRun};
 
@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS agent_status (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS flap_edges (
+    check_name TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    at_us      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flap_edges_at ON flap_edges (at_us);
 CREATE TABLE IF NOT EXISTS outbox (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     incident_id   TEXT NOT NULL,
@@ -418,6 +424,52 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Records state changes that count towards flapping, and forgets those older
+    /// than `keep_since` (they are outside every flap window from now on).
+    pub fn record_edges(&mut self, edges: &[Edge], keep_since: DateTime<Utc>) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        for edge in edges {
+            tx.execute(
+                "INSERT INTO flap_edges (check_name, target, at_us) VALUES (?1, ?2, ?3)",
+                params![edge.check, edge.target, to_us(edge.at)],
+            )
+            .map_err(e)?;
+        }
+        tx.execute(
+            "DELETE FROM flap_edges WHERE at_us < ?1",
+            [to_us(keep_since)],
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// State changes at or after `since`, oldest first.
+    pub fn edges_since(&self, since: DateTime<Utc>) -> Result<Vec<Edge>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT check_name, target, at_us FROM flap_edges WHERE at_us >= ?1
+                 ORDER BY at_us",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([to_us(since)], |r| {
+                Ok(Edge {
+                    check: r.get(0)?,
+                    target: r.get(1)?,
+                    at: from_us(r.get(2)?),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
     pub fn active_silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>> {
         let mut stmt = self
             .conn
@@ -637,6 +689,25 @@ mod tests {
             steps: vec![],
             rate_limit: vec![],
         }
+    }
+
+    #[test]
+    fn flap_edges_survive_a_reopen_and_old_ones_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let edge = |at| Edge {
+            check: "unit_failed".into(),
+            target: "a.service".into(),
+            at: t(at),
+        };
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.record_edges(&[edge(1), edge(2)], t(0)).unwrap();
+            s.record_edges(&[edge(9)], t(2)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.edges_since(t(0)).unwrap(), vec![edge(2), edge(9)]);
+        assert_eq!(s.edges_since(t(3)).unwrap(), vec![edge(9)]);
     }
 
     #[test]

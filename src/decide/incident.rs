@@ -59,6 +59,17 @@ struct Track {
 pub struct Engine {
     cfg: EngineConfig,
     tracks: HashMap<(String, String), Track>,
+    /// State changes counted towards flapping since the caller last took them, for
+    /// the caller to persist (see [`Engine::take_new_edges`]).
+    new_edges: Vec<Edge>,
+}
+
+/// One state change of a (check, target) that counts towards flapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge {
+    pub check: String,
+    pub target: String,
+    pub at: DateTime<Utc>,
 }
 
 impl Engine {
@@ -66,7 +77,22 @@ impl Engine {
         Engine {
             cfg,
             tracks: HashMap::new(),
+            new_edges: Vec::new(),
         }
+    }
+
+    /// Takes back a state change counted before the agent last stopped, so a
+    /// restart does not reset flap detection. Edges older than the flap window are
+    /// dropped by the next observation or tick, as live ones are.
+    pub fn restore_edge(&mut self, edge: Edge) {
+        let track = self.tracks.entry((edge.check, edge.target)).or_default();
+        let pos = track.edges.partition_point(|e| *e <= edge.at);
+        track.edges.insert(pos, edge.at);
+    }
+
+    /// The state changes counted since the last call, oldest first.
+    pub fn take_new_edges(&mut self) -> Vec<Edge> {
+        std::mem::take(&mut self.new_edges)
     }
 
     /// Takes back an incident that was open when the agent last stopped, so a
@@ -115,6 +141,11 @@ impl Engine {
         let edge = track.failing != c.failing;
         if edge && !c.induced {
             track.edges.push_back(c.at);
+            self.new_edges.push(Edge {
+                check: c.check.clone(),
+                target: c.target.clone(),
+                at: c.at,
+            });
         }
         prune(&mut track.edges, c.at, cfg.flap_window);
         let flapping = track.edges.len() as u32 >= cfg.flap_threshold;
@@ -468,6 +499,68 @@ mod tests {
         for (name, steps, expected) in cases {
             assert_eq!(run(steps), *expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn restored_edges_keep_counting_towards_flapping() {
+        // Two changes before a restart, two after: the fourth makes it flapping, as
+        // it would have without the restart.
+        let obs = |e: &mut Engine, at: i64, failing: bool| {
+            let mut n = 0;
+            e.observe(
+                Condition {
+                    check: "unit_failed".into(),
+                    target: "a.service".into(),
+                    failing,
+                    at: t(at),
+                    severity: "critical".into(),
+                    reason: String::new(),
+                    observation: serde_json::Value::Null,
+                    induced: false,
+                },
+                &mut || {
+                    n += 1;
+                    format!("inc-{at}-{n}")
+                },
+            )
+        };
+        let mut before = engine();
+        obs(&mut before, 0, true);
+        obs(&mut before, 1, false);
+        let saved = before.take_new_edges();
+        assert_eq!(saved.iter().map(|e| e.at).collect::<Vec<_>>(), [t(0), t(1)]);
+        assert!(before.take_new_edges().is_empty(), "taken once");
+
+        let mut after = engine();
+        for e in saved.into_iter().rev() {
+            after.restore_edge(e);
+        }
+        after.tick(t(10));
+        let ts = obs(&mut after, 20, true);
+        assert_eq!(ts.len(), 1, "{ts:?}");
+        assert_eq!(ts[0].to, Firing, "three changes: not yet flapping");
+        let ts = obs(&mut after, 21, false);
+        assert_eq!(ts.len(), 1, "{ts:?}");
+        assert_eq!(
+            (ts[0].from, ts[0].to),
+            (Some(Firing), Flapping),
+            "four changes in the window across a restart"
+        );
+
+        // Edges that left the window by the time they are restored count for nothing.
+        let mut late = engine();
+        late.restore_edge(Edge {
+            check: "unit_failed".into(),
+            target: "a.service".into(),
+            at: t(0),
+        });
+        obs(&mut late, 100, true);
+        assert_eq!(
+            late.open_incident("unit_failed", "a.service")
+                .unwrap()
+                .state,
+            Firing
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ from .crash_loop import scenario_crash_loop_escalates
 from .evidence_s3_outage import scenario_evidence_s3_outage_then_catch_up
 from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
+from .flapping import scenario_flapping_survives_agent_restart
 from .oneshot_rerun import scenario_oneshot_failure_is_rerun
 from .polkit_rule import scenario_polkit_rule_scopes_restarts
 from .silence_and_dry_run import scenario_dry_run_records_without_acting, scenario_silence_stops_remediation
@@ -47,6 +48,7 @@ ALL = [
     scenario_sigterm_finishes_runbook_in_flight,
     scenario_sigkill_mid_runbook_not_done_twice,
     scenario_oneshot_failure_is_rerun,
+    scenario_flapping_survives_agent_restart,
     scenario_unit_hardening,
     scenario_silence_stops_remediation,
     scenario_dry_run_records_without_acting,

@@ -34,6 +34,7 @@ def config(
     window: str = "10m",
     pattern: str | list[str] = "demo*.service",
     global_per_hour: int = 100,
+    flap_threshold: int = 100,
 ) -> str:
     """Short timings so a scenario takes seconds; flapping out of the way so the
     rate limit is what stops a crash loop. Every pattern is watched with remediation."""
@@ -46,7 +47,7 @@ state_dir = "{STATE_DIR}"
 {watch}
 [incidents]
 flap_window = "10m"
-flap_threshold = 100
+flap_threshold = {flap_threshold}
 resolve_hold = "1s"
 
 [runbooks.service_restart]
