@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from .common import acted_runs, config, describe, incidents_for, reset, wait_until
+from .common import acted_runs, config, describe, incidents_for, reset, resolved_and_settled, wait_until
 
 UNIT = "restic-backups-clinic.service"
 
@@ -59,14 +59,7 @@ def scenario_backup_failure_is_rerun(machine) -> None:
         f"pkill -KILL -f {shlex.quote(BACKUP_PROCESS)} && exit 0; sleep 0.005; "
         "done; echo 'restic backup never started' >&2; exit 1")
 
-    def done():
-        found = incidents_for(machine, UNIT)
-        if found and found[0]["state"] == "resolved" and all(
-                r["outcome"] != "running" for r in found[0].get("runs", [])):
-            return found[0]
-        return None
-
-    incident = wait_until(done, 60, f"the {UNIT} incident to be resolved")
+    incident = wait_until(lambda: resolved_and_settled(machine, UNIT), 60, f"the {UNIT} incident to be resolved")
     runs = acted_runs(incident)
     assert [r["outcome"] for r in runs] == ["success"], \
         f"one re-run of the backup, successful by its own result: {describe(incident)}"

@@ -104,6 +104,17 @@ def incidents_for(machine, target: str, all: bool = True) -> list[dict[str, Any]
     return [i for i in incidents(machine, all=all) if i.get("target") == target]
 
 
+def resolved_and_settled(machine, target: str) -> Optional[dict[str, Any]]:
+    """The newest incident of the target once it is resolved and none of its runs is
+    still running (a run ends after its settle period, which can outlast the resolve
+    hold); else None. For wait_until."""
+    found = incidents_for(machine, target)
+    if found and found[0]["state"] == "resolved" and all(
+            r["outcome"] != "running" for r in found[0].get("runs", [])):
+        return found[0]
+    return None
+
+
 def acted_runs(incident: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in incident.get("runs", []) if r.get("outcome") in ACTED]
 

@@ -107,7 +107,7 @@ def scenario_evidence_s3_outage_then_catch_up(machine) -> None:
     # S3 is back: the spool drains, in order, and the bucket verifies.
     machine.succeed(start_forwarder)
     wait_until(lambda: _evidence(machine).get("spool_depth") == 0, 90, "the spool to drain into the bucket")
-    signers = machine.succeed(f"msp-agent pubkey --config /etc/msp-agent/config.toml").strip().splitlines()[-1]
+    signers = machine.succeed("msp-agent pubkey --config /etc/msp-agent/config.toml").strip().splitlines()[-1]
     machine.succeed(f"echo {json.dumps(signers)} > /root/allowed_signers_s3")
     out = machine.succeed(
         f"msp-agent verify s3://{s3['bucket']}/{prefix} --pubkey /root/allowed_signers_s3"

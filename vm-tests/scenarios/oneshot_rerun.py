@@ -4,7 +4,7 @@ unit is inactive afterwards as a oneshot should be."""
 
 from __future__ import annotations
 
-from .common import acted_runs, incidents_for, reset, wait_until
+from .common import acted_runs, reset, resolved_and_settled, wait_until
 
 UNIT = "demo-oneshot.service"
 FLAG = "/run/demo-oneshot-fail"
@@ -28,14 +28,7 @@ def scenario_oneshot_failure_is_rerun(machine) -> None:
     machine.succeed(f"touch {FLAG}")
     machine.fail(f"systemctl start {UNIT}")
 
-    def done():
-        found = incidents_for(machine, UNIT)
-        if found and found[0]["state"] == "resolved" and all(
-                r["outcome"] != "running" for r in found[0].get("runs", [])):
-            return found[0]
-        return None
-
-    incident = wait_until(done, 30, f"the {UNIT} incident to be resolved")
+    incident = wait_until(lambda: resolved_and_settled(machine, UNIT), 30, f"the {UNIT} incident to be resolved")
     runs = acted_runs(incident)
     assert [r["outcome"] for r in runs] == ["success"], \
         f"one re-run, successful by the job's own result: {incident['runs']}"
