@@ -106,6 +106,15 @@ pub struct Store {
     path: String,
 }
 
+/// The error for a failed statement on the database at `path` (for `map_err` where
+/// `self` is already borrowed, as by an open transaction).
+fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 pub fn to_us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -121,10 +130,7 @@ impl Store {
     /// Opens (creating if needed) the database for the daemon.
     pub fn open(path: &Path) -> Result<Store> {
         let p = path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: p.clone(),
-            source,
-        };
+        let err = sqlite_err(&p);
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
@@ -147,23 +153,14 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| StoreError::Sqlite {
-            path: p.clone(),
-            source,
-        })?;
+        .map_err(sqlite_err(&p))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|source| StoreError::Sqlite {
-                path: p.clone(),
-                source,
-            })?;
+            .map_err(sqlite_err(&p))?;
         Ok(Store { conn, path: p })
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        sqlite_err(&self.path)(source)
     }
 
     fn check_version(&self) -> Result<()> {
@@ -204,11 +201,7 @@ impl Store {
         t: &IncidentTransition,
         detected_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(e)?;
         let at = to_us(t.at);
         if t.from.is_none() {
@@ -304,11 +297,7 @@ impl Store {
 
     /// Closes a run (or records a refusal) and queues its event.
     pub fn finish_run(&mut self, run: &RunbookRun) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute(
             "INSERT INTO runbook_runs (run_id, incident_id, runbook, target, dry_run,
@@ -427,11 +416,7 @@ impl Store {
     /// Records state changes that count towards flapping, and forgets those older
     /// than `keep_since` (they are outside every flap window from now on).
     pub fn record_edges(&mut self, edges: &[Edge], keep_since: DateTime<Utc>) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(e)?;
         for edge in edges {
             tx.execute(
@@ -490,11 +475,7 @@ impl Store {
     }
 
     pub fn set_status(&mut self, pairs: &[(&str, String)]) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_err(&self.path);
         let tx = self.conn.transaction().map_err(e)?;
         for (k, v) in pairs {
             tx.execute(
