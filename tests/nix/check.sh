@@ -15,7 +15,10 @@
 #       rendered config file.
 # Without nixpkgs.lib, (b) is skipped and says so.
 #
-#   tests/nix/check.sh [NIXPKGS_LIB_PATH]     default: /var/tmp/nixpkgs-lib if present
+#   tests/nix/check.sh [NIXPKGS_LIB_PATH]
+#       default: ../shared/nixpkgs-lib beside the repository's root (a
+#       read-only copy is fine: nothing is written there), else
+#       /var/tmp/nixpkgs-lib, whichever exists first
 #   MSP_AGENT_BIN=target/debug/msp-agent tests/nix/check.sh ...
 #       also runs `msp-agent check-config` on every rendered file; a file the
 #       agent refuses is a failure (tests/run.sh sets MSP_AGENT_BIN).
@@ -31,8 +34,13 @@ set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 lib_path=${1:-}
-if [ -z "$lib_path" ] && [ -d /var/tmp/nixpkgs-lib/lib ]; then
-  lib_path=/var/tmp/nixpkgs-lib
+if [ -z "$lib_path" ]; then
+  for candidate in "$root/../shared/nixpkgs-lib" /var/tmp/nixpkgs-lib; do
+    if [ -f "$candidate/lib/default.nix" ]; then
+      lib_path=$candidate
+      break
+    fi
+  done
 fi
 
 passed=0
@@ -125,7 +133,7 @@ fi
 # --- (b) the module's logic against nixpkgs.lib ----------------------------
 
 if [ -z "$lib_path" ] || [ ! -f "$lib_path/lib/default.nix" ]; then
-  skip "module evaluation: no nixpkgs.lib; fetch github:nix-community/nixpkgs.lib, extract it (git archive) and pass its path, e.g. tests/nix/check.sh /var/tmp/nixpkgs-lib"
+  skip "module evaluation: no nixpkgs.lib (looked for ${lib_path:-../shared/nixpkgs-lib beside the repository and /var/tmp/nixpkgs-lib}); fetch github:nix-community/nixpkgs.lib, extract it (git archive) and pass its path, e.g. tests/nix/check.sh /var/tmp/nixpkgs-lib"
   finish
 fi
 lib_path=$(cd "$lib_path" && pwd)
