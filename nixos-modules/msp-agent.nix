@@ -10,9 +10,12 @@
 # services.restic.backups on its own and watches their units like any other.
 # docs/nixos.md is the guide; docs/config.md the file format.
 #
-# The agent refuses unknown keys, so the module renders only sections the agent
-# reads: [agent], [[watch.units]], [incidents], [runbooks.service_restart],
-# [limits], [metrics] and [evidence]; `checkConfig` proves it at build time.
+# The agent refuses unknown keys, so the module renders only tables the agent
+# reads; `checkConfig` proves it at build time. Each table is declared in its
+# own file under ./settings/ (listed in ./settings/default.nix) with the one
+# generator of ./sections.nix, which builds `settings` from them; a table's file
+# may also bring its own options and assertions (metrics: listenAddress, port,
+# openFirewall; evidence: the secrets).
 {
   config,
   lib,
@@ -28,12 +31,13 @@ let
     mkOption
     mkPackageOption
     mkRemovedOptionModule
-    optional
     types
     ;
 
   cfg = config.services.msp-agent;
   helpers = import ./lib.nix { inherit lib; };
+  sections = import ./sections.nix { inherit lib; };
+  settingsSections = sections.load (import ./settings);
   unit = import ./unit.nix;
   settingsFormat = pkgs.formats.toml { };
 
@@ -41,38 +45,6 @@ let
   unitName = "msp-agent.service";
   configPath = "/etc/msp-agent/config.toml";
   backupUnit = name: "restic-backups-${name}.service";
-
-  # A file that must stay out of the world-readable store: an absolute path as a
-  # string (a path literal such as ./key would be copied into the store).
-  secretFile = types.nullOr (
-    types.pathWith {
-      inStore = false;
-      absolute = true;
-    }
-  );
-
-  # TOML has no null: an unset option is left out of the file, and so is a
-  # table left empty by that.
-  stripNulls =
-    v:
-    if builtins.isAttrs v then
-      lib.filterAttrs (_: x: x != { }) (lib.mapAttrs (_: stripNulls) (lib.filterAttrs (_: x: x != null) v))
-    else if builtins.isList v then
-      map stripNulls (lib.filter (x: x != null) v)
-    else
-      v;
-
-  listen =
-    if lib.hasInfix ":" cfg.listenAddress then
-      "[${cfg.listenAddress}]:${toString cfg.port}"
-    else
-      "${cfg.listenAddress}:${toString cfg.port}";
-  isLoopback = cfg.listenAddress == "::1" || lib.hasPrefix "127." cfg.listenAddress;
-  # The agent parses `listen` as a socket address: an IP literal, no host name.
-  isIPLiteral =
-    a:
-    builtins.match "[0-9]{1,3}([.][0-9]{1,3}){3}" a != null
-    || (lib.hasInfix ":" a && builtins.match "[0-9a-fA-F:.]+" a != null);
 
   # services.restic.backups.<name> makes restic-backups-<name>.service, a
   # oneshot (backup, then forget/prune/check when configured) started by a
@@ -97,16 +69,14 @@ let
   # rule and the assertions all read it.
   watchUnits = backupUnits ++ userUnits;
 
-  # What the module adds to the user's settings; where both set a key the
-  # module's value wins (setting metrics.listen by hand is refused below). The
-  # secrets are not named in the file: the agent looks for the credentials
-  # `signing-key` and `s3-credentials` in $CREDENTIALS_DIRECTORY when
-  # evidence.key_file and evidence.s3.credentials_file are unset.
-  derivedSettings = {
-    metrics.listen = listen;
+  # What the module adds to the user's settings: the keys the sections derive
+  # from the module's options ([metrics] listen) and the watched units. Where
+  # both set a key the module's value wins (setting metrics.listen by hand is
+  # refused by ./settings/metrics.nix).
+  derivedSettings = lib.recursiveUpdate (sections.derived cfg settingsSections) {
     watch.units = watchUnits;
   };
-  renderedSettings = stripNulls (lib.recursiveUpdate cfg.settings derivedSettings);
+  renderedSettings = sections.stripNulls (lib.recursiveUpdate cfg.settings derivedSettings);
 
   generatedConfig = settingsFormat.generate "msp-agent.toml" renderedSettings;
   configFile =
@@ -127,78 +97,6 @@ let
   stateDir = cfg.settings.agent.state_dir;
   stateDirName = lib.removePrefix "/var/lib/" stateDir;
 
-  watchUnitType = types.submodule {
-    freeformType = settingsFormat.type;
-    options = {
-      pattern = mkOption {
-        type = types.str;
-        example = "demo*.service";
-        description = "Unit name or glob pattern (`*`, `?`, `[...]`). The first matching entry wins.";
-      };
-      remediate = mkOption {
-        type = types.bool;
-        default = false;
-        description = ''
-          Restart the unit when it fails (runbook RB-SERVICE-001). The module
-          adds the unit, or the pattern, to the polkit rule.
-        '';
-      };
-      expect_active = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Also open an incident when the unit is inactive without having failed.";
-      };
-    };
-  };
-
-  # Only the bucket is required; an option left null is left out of the file
-  # and the agent's default applies (docs/evidence.md).
-  s3Type = types.submodule {
-    freeformType = settingsFormat.type;
-    options = {
-      bucket = mkOption {
-        type = types.str;
-        description = "Bucket with Object Lock enabled; the agent checks this at start.";
-      };
-      prefix = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "clinic-01";
-        description = "Key prefix of this host's bundles, without leading or trailing slash (agent default: the bucket's root).";
-      };
-      endpoint = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "http://minio.internal:9000";
-        description = "Endpoint URL of a server other than AWS.";
-      };
-      region = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "eu-central-1";
-        description = "Region of the bucket (agent default: us-east-1).";
-      };
-      path_style = mkOption {
-        type = types.nullOr types.bool;
-        default = null;
-        description = "Path-style addressing, as MinIO and Ceph usually need (agent default: false).";
-      };
-      retention_days = mkOption {
-        type = types.nullOr types.ints.positive;
-        default = null;
-        description = "COMPLIANCE retention of each bundle, in days (agent default: 2190, six years).";
-      };
-      credentials_file = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = ''
-          Leave unset and use
-          {option}`services.msp-agent.evidence.s3.credentialsFile`, which
-          hands the file over as the credential `s3-credentials`.
-        '';
-      };
-    };
-  };
 in
 {
   imports = [
@@ -211,7 +109,8 @@ in
     (mkRemovedOptionModule [ "services" "msp-agent" "runbooks" "freeDisk" ]
       "The free-disk helper unit comes with the agent's disk runbook, which does not exist yet."
     )
-  ];
+  ]
+  ++ sections.modules settingsSections;
 
   options.services.msp-agent = {
     enable = mkEnableOption "msp-agent, the host agent that heals routine failures and proves it with signed evidence";
@@ -243,86 +142,7 @@ in
       '';
       type = types.submodule {
         freeformType = settingsFormat.type;
-        options = {
-          agent = mkOption {
-            default = { };
-            description = "The `[agent]` table.";
-            type = types.submodule {
-              freeformType = settingsFormat.type;
-              options = {
-                state_dir = mkOption {
-                  type = types.str;
-                  default = "/var/lib/msp-agent";
-                  description = ''
-                    SQLite history, rate-limit memory, evidence spool and, unless
-                    a signing key is given, the generated key. Must be below
-                    /var/lib: it becomes the unit's StateDirectory=.
-                  '';
-                };
-                dry_run = mkOption {
-                  type = types.bool;
-                  default = false;
-                  description = "Record what would be done, do nothing.";
-                };
-                hostname = mkOption {
-                  type = types.nullOr types.str;
-                  default = null;
-                  description = "Host name in evidence and metrics; null for the kernel's.";
-                };
-              };
-            };
-          };
-          watch = mkOption {
-            default = { };
-            description = "The `[watch]` table.";
-            type = types.submodule {
-              freeformType = settingsFormat.type;
-              options.units = mkOption {
-                type = types.listOf watchUnitType;
-                # The agent's embedded default: every unit, remediate nothing.
-                default = [ { pattern = "*"; } ];
-                defaultText = literalExpression ''[ { pattern = "*"; } ]'';
-                description = ''
-                  Watched units, names or glob patterns; the first match wins.
-                  Setting this replaces the default, so end the list with
-                  `{ pattern = "*"; }` to keep watching every other unit. The
-                  module puts one entry per discovered restic backup before
-                  these (see {option}`services.msp-agent.backups.restic.discover`);
-                  an entry here that names such a unit exactly replaces it.
-                '';
-              };
-            };
-          };
-          evidence = mkOption {
-            default = { };
-            description = "The `[evidence]` table.";
-            type = types.submodule {
-              freeformType = settingsFormat.type;
-              options = {
-                key_file = mkOption {
-                  type = types.nullOr types.str;
-                  default = null;
-                  description = ''
-                    Leave unset and use
-                    {option}`services.msp-agent.evidence.signingKeyFile`, which
-                    hands the key over as the credential `signing-key`.
-                  '';
-                };
-                spool_max_bytes = mkOption {
-                  type = types.nullOr types.ints.positive;
-                  default = null;
-                  example = 536870912;
-                  description = "Upper bound of the local evidence spool, in bytes (agent default: 1 GiB).";
-                };
-                s3 = mkOption {
-                  type = types.nullOr s3Type;
-                  default = null;
-                  description = "Where bundles go after the local spool; null keeps them local.";
-                };
-              };
-            };
-          };
-        };
+        options = sections.settingsOptions settingsFormat.type settingsSections;
       };
     };
 
@@ -333,52 +153,6 @@ in
         Check the rendered file with `msp-agent check-config` when the system
         is built, so a wrong key fails the build, not the service.
       '';
-    };
-
-    listenAddress = mkOption {
-      type = types.str;
-      default = "127.0.0.1";
-      example = "::";
-      description = ''
-        IP address of the Prometheus metrics endpoint (`GET /metrics`), an
-        IPv4 or IPv6 literal: the agent takes no host name here.
-      '';
-    };
-
-    port = mkOption {
-      type = types.port;
-      default = 9465;
-      description = "Port of the Prometheus metrics endpoint (the agent's own default).";
-    };
-
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open {option}`services.msp-agent.port` in the firewall, for a Prometheus on another host.";
-    };
-
-    evidence = {
-      signingKeyFile = mkOption {
-        type = secretFile;
-        default = null;
-        example = "/run/keys/msp-agent-signing-key";
-        description = ''
-          Ed25519 signing key (OpenSSH private key format), read by systemd and
-          handed to the agent as the credential `signing-key`. Null: the agent
-          generates a key in its state directory on first start
-          (`msp-agent pubkey` prints the public half).
-        '';
-      };
-      s3.credentialsFile = mkOption {
-        type = secretFile;
-        default = null;
-        example = "/run/keys/msp-agent-s3";
-        description = ''
-          AWS-style credentials file (`aws_access_key_id`,
-          `aws_secret_access_key`) for the evidence bucket, handed to the agent
-          as the credential `s3-credentials`.
-        '';
-      };
     };
 
     backups.restic = {
@@ -419,37 +193,6 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
-        assertion = lib.hasPrefix "/var/lib/" stateDir && stateDirName != "";
-        message = ''services.msp-agent.settings.agent.state_dir = "${stateDir}": it must be below /var/lib/, because the sandbox (ProtectSystem=strict) only lets the agent write its StateDirectory=.'';
-      }
-      {
-        assertion = cfg.settings.evidence.key_file == null || cfg.evidence.signingKeyFile == null;
-        message = "services.msp-agent: both settings.evidence.key_file and evidence.signingKeyFile are set; keep evidence.signingKeyFile, which hands the key over as a systemd credential.";
-      }
-      {
-        assertion =
-          cfg.settings.evidence.s3 == null
-          || (cfg.settings.evidence.s3.credentials_file or null) == null
-          || cfg.evidence.s3.credentialsFile == null;
-        message = "services.msp-agent: both settings.evidence.s3.credentials_file and evidence.s3.credentialsFile are set; keep evidence.s3.credentialsFile, which hands the file over as a systemd credential.";
-      }
-      {
-        assertion = cfg.evidence.s3.credentialsFile == null || cfg.settings.evidence.s3 != null;
-        message = "services.msp-agent.evidence.s3.credentialsFile is set but settings.evidence.s3 (the bucket) is not; set the bucket or drop the credentials.";
-      }
-      {
-        assertion = !(cfg.settings ? metrics && cfg.settings.metrics ? listen);
-        message = "services.msp-agent.settings.metrics.listen is set by the module; use services.msp-agent.listenAddress and .port, which the firewall option follows.";
-      }
-      {
-        assertion = isIPLiteral cfg.listenAddress;
-        message = "services.msp-agent.listenAddress = \"${cfg.listenAddress}\" is not an IP address; the agent listens on an IPv4 or IPv6 literal such as \"127.0.0.1\" or \"::\".";
-      }
-      {
-        assertion = !(cfg.openFirewall && isLoopback);
-        message = "services.msp-agent.openFirewall = true, but listenAddress = \"${cfg.listenAddress}\" is a loopback address: nothing outside this host could reach it. Set listenAddress (for example \"0.0.0.0\") or leave the firewall closed.";
-      }
-      {
         assertion = !cfg.grafana.provisionDashboard || config.services.grafana.enable;
         message = "services.msp-agent.grafana.provisionDashboard = true needs services.grafana.enable = true on this host.";
       }
@@ -480,11 +223,6 @@ in
       ]
     ) watchUnits;
 
-    warnings =
-      optional (cfg.settings.evidence.s3 != null && cfg.evidence.s3.credentialsFile == null
-        && (cfg.settings.evidence.s3.credentials_file or null) == null
-      ) "services.msp-agent: settings.evidence.s3 is set without evidence.s3.credentialsFile; the agent falls back to the AWS default credential chain (instance role).";
-
     users.users.${user} = {
       isSystemUser = true;
       group = unit.service.Group;
@@ -503,8 +241,6 @@ in
       patterns = polkitPatterns;
     };
 
-    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
-
     systemd.services.msp-agent = {
       description = "msp-agent: heals routine failures and records signed evidence";
       wantedBy = [ "multi-user.target" ];
@@ -521,11 +257,6 @@ in
         // {
           ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
           StateDirectory = stateDirName;
-          LoadCredential =
-            optional (cfg.evidence.signingKeyFile != null) "signing-key:${cfg.evidence.signingKeyFile}"
-            ++ optional (
-              cfg.evidence.s3.credentialsFile != null
-            ) "s3-credentials:${cfg.evidence.s3.credentialsFile}";
         };
     };
 
