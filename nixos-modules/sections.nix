@@ -24,7 +24,8 @@
 #   "table"          [a.b], always present (default { }); unset keys are left out,
 #                    and so is a table left empty by that.
 #   "optionalTable"  [a.b], null (not rendered) until set, e.g. [evidence.s3].
-#   "tableArray"     [[a.b]], a list of tables with a `default` list.
+#   "tableArray"     [[a.b]], a list of tables: the `default` list, or null (not
+#                    rendered) until set when there is no default.
 #   "map"            [a.b] mapping free names to `valueType`, null until set.
 # Every table also takes keys it does not declare (freeformType), passed
 # through as written. A section's parents need no file of their own: [watch]
@@ -85,7 +86,7 @@ let
       description,
       kind ? "table",
       keys ? { },
-      default ? [ ],
+      default ? null,
       defaultText ? null,
       example ? null,
       valueType ? types.str,
@@ -184,8 +185,15 @@ in
           mkOption (
             {
               inherit (section) default;
-              description = "The `[[${name}]]` tables. ${section.description}";
-              type = types.listOf (tableOf section.keys);
+              description =
+                "The `[[${name}]]` tables"
+                + lib.optionalString (section.default == null) ", written only when set"
+                + ". ${section.description}";
+              type =
+                if section.default == null then
+                  types.nullOr (types.listOf (tableOf section.keys))
+                else
+                  types.listOf (tableOf section.keys);
             }
             // lib.optionalAttrs (section.defaultText != null) { inherit (section) defaultText; }
             // withExample section

@@ -545,8 +545,209 @@ let
       services.msp-agent.grafana.provisionDashboard = true;
     };
     dryRun.services.msp-agent.settings.agent.dry_run = true;
+    # Keys that were free-form before they were declared, with values the
+    # agent accepts, and one key still undeclared (passed through).
+    typedKeys.services.msp-agent.settings = {
+      agent.reconcile_interval = "30s";
+      agent.shutdown_grace = "1m";
+      incidents = {
+        flap_window = "15m";
+        resolve_hold = "20s";
+        crash_loop_restarts = 4;
+        crash_loop_window = "10m";
+      };
+      runbooks.service_restart = {
+        settle = "5s";
+        max_runs = 2;
+        window = "1h";
+        min_interval = "10m";
+      };
+      evidence = {
+        spool_alarm_percent = 90;
+        keep_uploaded_bytes = 1048576;
+        s3 = {
+          bucket = "b";
+          request_timeout = "30s";
+        };
+      };
+    };
     s3DefaultChain.services.msp-agent.settings.evidence.s3.bucket = "b";
   };
+
+  # [remediation] is read by agents newer than the one check.sh may run
+  # check-config with: its case is checked here and stays out of `configs`.
+  remediation = forced (
+    eval (enabled {
+      services.msp-agent.settings.remediation = {
+        unit_failed = "RB-SERVICE-001";
+        crash_loop = "escalate";
+        flapping = "none";
+      };
+    })
+  );
+
+  # The generator on its own: a module with sections the agent does not have
+  # yet, each declared the way a file of nixos-modules/settings/ declares it.
+  sections = import (root + "/nixos-modules/sections.nix") { inherit lib; };
+  futureSections = map (f: f sections.sectionArgs) [
+    (
+      { mkSection, mkKey, mkOption, types, ... }:
+      mkSection {
+        path = [ "watch" "disks" ];
+        kind = "tableArray";
+        description = "Watched file systems.";
+        keys = {
+          path = mkOption { type = types.str; };
+          min_free_percent = mkKey {
+            type = types.ints.between 0 100;
+            agentDefault = "10";
+            description = "Free space below which an incident opens";
+          };
+        };
+      }
+    )
+    (
+      { mkSection, mkKey, duration, ... }:
+      mkSection {
+        path = [ "journal" ];
+        description = "Following the journal.";
+        keys.max_lag = mkKey {
+          type = duration;
+          description = "How far the reader may fall behind.";
+        };
+      }
+    )
+    (
+      { mkSection, mkKey, types, ... }:
+      mkSection {
+        path = [ "runbooks" "free_disk" ];
+        description = "RB-DISK-001.";
+        keys.vacuum_journal = mkKey {
+          type = types.bool;
+          description = "Vacuum the journal.";
+        };
+      }
+    )
+  ];
+  tomlType = (stubs.pkgs.formats.toml { }).type;
+  settingsWith =
+    list: settings:
+    let
+      c =
+        (lib.evalModules {
+          modules = [
+            {
+              options.settings = lib.mkOption {
+                type = lib.types.submodule {
+                  freeformType = tomlType;
+                  options = sections.settingsOptions tomlType list;
+                };
+                default = { };
+              };
+            }
+            { inherit settings; }
+          ];
+        }).config;
+    in
+    sections.stripNulls c.settings;
+  generatorThrows =
+    list:
+    !(builtins.tryEval (builtins.deepSeq (settingsWith list { }) null)).success;
+
+  generatorChecks = [
+    (check "sections: one file per table in nixos-modules/settings/, each path once" (map (s: lib.concatStringsSep "." s.path) (
+      sections.load (import (root + "/nixos-modules/settings"))
+    )) [
+      "agent"
+      "watch.units"
+      "incidents"
+      "runbooks.service_restart"
+      "limits"
+      "remediation"
+      "metrics"
+      "evidence"
+      "evidence.s3"
+    ])
+    (check "sections: a new tableArray, table and nested table are one declaration each" (settingsWith futureSections {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/var";
+          min_free_percent = 5;
+        }
+      ];
+      journal.max_lag = "1m";
+      runbooks.free_disk = { };
+      runbooks.free_disk.extra = "passed through";
+    }) {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/var";
+          min_free_percent = 5;
+        }
+      ];
+      journal.max_lag = "1m";
+      runbooks.free_disk.extra = "passed through";
+    })
+    (check "sections: unset, nothing is rendered" (settingsWith futureSections { }) { })
+    (check "sections: the same path declared twice is refused" (generatorThrows (
+      futureSections ++ [ (lib.last futureSections) ]
+    )) true)
+    (check "sections: an unknown kind is refused" (
+      !(builtins.tryEval (builtins.deepSeq (sections.mkSection {
+        path = [ "x" ];
+        description = "";
+        kind = "list";
+      }) null)).success
+    ) true)
+    (check "sections: a table inside a tableArray is refused" (generatorThrows (
+      futureSections
+      ++ [
+        (sections.mkSection {
+          path = [ "watch" "disks" "inner" ];
+          description = "";
+        })
+      ]
+    )) true)
+    (check "remediation: unset, no [remediation] table in any rendered file" (lib.filter (
+      t: lib.hasInfix "remediation" t
+    ) (lib.attrValues configs)) [ ])
+    (check "remediation: rendered as a table of strings when set" (builtins.fromTOML (configText remediation)).remediation {
+      unit_failed = "RB-SERVICE-001";
+      crash_loop = "escalate";
+      flapping = "none";
+    })
+    (check "remediation: no assertion fails" (failedAssertions remediation) [ ])
+    (rejected "remediation: a value that is not a string" {
+      services.msp-agent.settings.remediation.unit_failed = 1;
+    })
+    (rejected "a duration without a unit" {
+      services.msp-agent.settings.incidents.flap_window = "600";
+    })
+    (rejected "a count that is not a number" {
+      services.msp-agent.settings.runbooks.service_restart.max_runs = "3";
+    })
+    (rejected "spool_alarm_percent above 100" {
+      services.msp-agent.settings.evidence.spool_alarm_percent = 120;
+    })
+    (check "typed keys render as set" (lib.filterAttrs (k: _: lib.elem k [ "incidents" "runbooks" ]) (
+      builtins.fromTOML (configText cases.typedKeys)
+    )) {
+      incidents = {
+        flap_window = "15m";
+        resolve_hold = "20s";
+        crash_loop_restarts = 4;
+        crash_loop_window = "10m";
+      };
+      runbooks.service_restart = {
+        settle = "5s";
+        max_runs = 2;
+        window = "1h";
+        min_interval = "10m";
+      };
+    })
+  ];
 
   # The keys the agent accepts, each as a path ("[]" for an array of tables):
   # src/config.rs (deny_unknown_fields everywhere), `[metrics] listen`, and
@@ -915,6 +1116,7 @@ in
       ]
     )
   ]
+  ++ generatorChecks
   ++ vmChecks
   ++ distChecks;
 }
