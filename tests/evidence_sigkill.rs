@@ -1,18 +1,23 @@
 //! SIGKILL at any instant loses no acknowledged bundle and never reuses or skips a
 //! sequence number.
 //!
-//! The test re-executes its own binary as a child (`child_records_until_killed`, which
-//! does nothing unless MSP_EVIDENCE_CHILD_STATE is set). The child records bundles from
-//! four threads as fast as it can and appends `<seq> <hash>` to an acknowledgement file
-//! after each `record` returns. The parent kills it with SIGKILL at random moments,
-//! many times, then checks the spool: one contiguous chain from seq 1, every signature
-//! valid, and every acknowledged sequence present with the acknowledged hash.
+//! A test target with its own `main` (`harness = false` in Cargo.toml): run plainly it
+//! is the test, which re-executes its own binary as a child with MSP_EVIDENCE_CHILD_STATE
+//! set. The child records bundles from four threads as fast as it can and appends
+//! `<seq> <hash>` to an acknowledgement file after each `record` returns. The parent
+//! kills it with SIGKILL at random moments, many times, then checks the spool: one
+//! contiguous chain from seq 1, every signature valid, and every acknowledged sequence
+//! present with the acknowledged hash. It ends with the line `N passed, M failed`.
+//!
+//! It takes the arguments of the usual test harness that make sense for one test: a
+//! name filter (`--exact` too), `--skip NAME`, `--list`, `--ignored` (nothing to run:
+//! the test is not ignored) and `--include-ignored`; others are accepted and ignored.
 
 mod evidence_support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use evidence_support::*;
@@ -21,13 +26,64 @@ use msp_agent::prove::cli::verify_dir;
 use msp_agent::prove::local::read_dir_items;
 
 const CHILD_ENV: &str = "MSP_EVIDENCE_CHILD_STATE";
+const TEST: &str = "sigkill_under_load_loses_nothing_and_reuses_no_sequence";
 
-#[test]
-fn child_records_until_killed() {
-    let Ok(state) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let state = std::path::PathBuf::from(state);
+fn main() -> ExitCode {
+    if let Ok(state) = std::env::var(CHILD_ENV) {
+        child_records_until_killed(state.into());
+    }
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let (mut exact, mut list, mut only_ignored) = (false, false, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--exact" => exact = true,
+            "--list" => list = true,
+            "--ignored" => only_ignored = true,
+            "--skip" => skips.extend(args.next()),
+            // Options of the usual harness that take a value.
+            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed" | "-Z" => {
+                args.next();
+            }
+            s if s.starts_with('-') => {}
+            s => filters.push(s.to_owned()),
+        }
+    }
+    let selected = !only_ignored
+        && (filters.is_empty()
+            || filters.iter().any(|f| {
+                if exact {
+                    f == TEST
+                } else {
+                    TEST.contains(f.as_str())
+                }
+            }))
+        && !skips.iter().any(|s| TEST.contains(s.as_str()));
+    if list {
+        if selected {
+            println!("{TEST}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !selected {
+        println!("0 passed, 0 failed (1 filtered out)");
+        return ExitCode::SUCCESS;
+    }
+    println!("running 1 test");
+    let ok =
+        std::panic::catch_unwind(sigkill_under_load_loses_nothing_and_reuses_no_sequence).is_ok();
+    println!("test {TEST} ... {}", if ok { "ok" } else { "FAILED" });
+    println!("{} passed, {} failed", u8::from(ok), u8::from(!ok));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The child: records until it is killed; never returns.
+fn child_records_until_killed(state: std::path::PathBuf) -> ! {
     let ev = open(&state, 1);
     let acks = std::sync::Mutex::new(
         std::fs::OpenOptions::new()
@@ -51,13 +107,10 @@ fn child_records_until_killed() {
             });
         }
     });
+    unreachable!("the recording threads never end")
 }
 
-#[test]
 fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
-    }
     let rounds: u32 = std::env::var("MSP_SIGKILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -67,12 +120,6 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_sequence() {
     let started = Instant::now();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_records_until_killed",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,12 +1,16 @@
 //! Against a real S3 server with Object Lock enforcement (Ceph radosgw on 127.0.0.1,
-//! started by `tests/s3/ceph.sh up`). Each test skips with a message when
-//! MSP_AGENT_S3_ENDPOINT is unset.
+//! started by `tests/s3/ceph.sh up`). The tests are ignored by a plain `cargo test`;
+//! tests/run.sh runs them with the server up
+//! (`cargo test --test s3_objectlock -- --include-ignored`). Run without the server's
+//! environment (MSP_AGENT_S3_ENDPOINT, AWS_*), each one fails saying so.
 
 mod evidence_support;
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode};
 use evidence_support::proxy::Proxy;
@@ -16,6 +20,22 @@ use msp_agent::prove::s3::{self, ClientSettings};
 use msp_agent::prove::verify::{self, Options};
 use msp_agent::prove::{Evidence, EvidenceConfig, S3Config, WormStatus, upload};
 use tokio_util::sync::CancellationToken;
+
+/// A call the server must refuse: its HTTP status and S3 error code.
+fn refusal<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    r: Result<T, SdkError<E, HttpResponse>>,
+) -> (u16, String) {
+    let e = match r {
+        Ok(v) => panic!("{what} was allowed: {v:?}"),
+        Err(e) => e,
+    };
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match (status, e.code()) {
+        (Some(s), Some(c)) => (s, c.to_owned()),
+        _ => panic!("{what} failed without an answer from the server: {e:?}"),
+    }
+}
 
 async fn client(endpoint: &str) -> Client {
     s3::client(&ClientSettings {
@@ -110,12 +130,9 @@ async fn verify_s3(c: &Client, bucket: &str, prefix: &str, keys: &TrustedKeys) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_bucket_without_object_lock_is_detected_and_nothing_is_uploaded() {
-    let Some(endpoint) =
-        s3_env("s3_bucket_without_object_lock_is_detected_and_nothing_is_uploaded")
-    else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "nolock", false).await;
     let dir = tempfile::tempdir().unwrap();
@@ -148,12 +165,9 @@ async fn s3_bucket_without_object_lock_is_detected_and_nothing_is_uploaded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shortened() {
-    let Some(endpoint) =
-        s3_env("s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shortened")
-    else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "locked", true).await;
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +228,10 @@ async fn s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shorte
         .bypass_governance_retention(true)
         .send()
         .await;
-    assert!(del.is_err(), "a COMPLIANCE-locked version was deleted");
+    assert_eq!(
+        refusal("deleting a COMPLIANCE-locked version", del),
+        (403, "AccessDenied".to_owned())
+    );
     let shorter = ObjectLockRetention::builder()
         .mode(ObjectLockRetentionMode::Compliance)
         .retain_until_date(aws_smithy_types::DateTime::from_secs(
@@ -230,7 +247,41 @@ async fn s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shorte
         .bypass_governance_retention(true)
         .send()
         .await;
-    assert!(shorten.is_err(), "COMPLIANCE retention was shortened");
+    assert_eq!(
+        refusal("shortening COMPLIANCE retention", shorten),
+        (403, "AccessDenied".to_owned())
+    );
+    // Ceph answers both with AccessDenied, which a missing permission would give too:
+    // the same client may lengthen the retention and delete a version without a lock.
+    let longer = ObjectLockRetention::builder()
+        .mode(ObjectLockRetentionMode::Compliance)
+        .retain_until_date(aws_smithy_types::DateTime::from_secs(
+            until.timestamp() + 3600,
+        ))
+        .build();
+    c.put_object_retention()
+        .bucket(&b)
+        .key(key)
+        .version_id(&version)
+        .retention(longer)
+        .send()
+        .await
+        .expect("lengthening COMPLIANCE retention");
+    let unlocked = c
+        .put_object()
+        .bucket(&b)
+        .key("unlocked")
+        .body(ByteStream::from_static(b"no lock"))
+        .send()
+        .await
+        .unwrap();
+    c.delete_object()
+        .bucket(&b)
+        .key("unlocked")
+        .version_id(unlocked.version_id().unwrap())
+        .send()
+        .await
+        .expect("deleting a version without a lock");
     let r = c
         .get_object_retention()
         .bucket(&b)
@@ -242,6 +293,12 @@ async fn s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shorte
     assert_eq!(
         r.retention().unwrap().mode(),
         Some(&ObjectLockRetentionMode::Compliance)
+    );
+    let kept = s3::to_chrono(r.retention().unwrap().retain_until_date().unwrap()).unwrap();
+    assert_eq!(
+        kept.timestamp(),
+        until.timestamp() + 3600,
+        "the retention is the lengthened one"
     );
 
     // A plain delete only hides the object behind a delete marker: verify reports the
@@ -263,10 +320,9 @@ async fn s3_uploaded_bundles_are_locked_verified_and_cannot_be_deleted_or_shorte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_down_for_a_while_then_everything_arrives_in_order() {
-    let Some(endpoint) = s3_env("s3_down_for_a_while_then_everything_arrives_in_order") else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "outage", true).await;
     let proxy = Proxy::start(&endpoint).await;
@@ -338,10 +394,9 @@ async fn s3_down_for_a_while_then_everything_arrives_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_puts_carry_content_md5_and_compliance_lock_headers() {
-    let Some(endpoint) = s3_env("s3_puts_carry_content_md5_and_compliance_lock_headers") else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "headers", true).await;
     let proxy = Proxy::start(&endpoint).await;
@@ -384,10 +439,9 @@ async fn s3_puts_carry_content_md5_and_compliance_lock_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_reupload_after_a_crash_creates_no_second_version() {
-    let Some(endpoint) = s3_env("s3_reupload_after_a_crash_creates_no_second_version") else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "idem", true).await;
     let dir = tempfile::tempdir().unwrap();
@@ -430,10 +484,9 @@ async fn s3_reupload_after_a_crash_creates_no_second_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the loopback S3 server with Object Lock: tests/s3/ceph.sh up sets MSP_AGENT_S3_ENDPOINT and AWS_*; tests/run.sh runs them"]
 async fn s3_tampered_objects_fail_verify_with_the_right_message() {
-    let Some(endpoint) = s3_env("s3_tampered_objects_fail_verify_with_the_right_message") else {
-        return;
-    };
+    let endpoint = s3_env();
     let c = client(&endpoint).await;
     let b = bucket(&c, "tamper", true).await;
     let dir = tempfile::tempdir().unwrap();

@@ -90,17 +90,25 @@ pub fn spool_root(state: &Path) -> PathBuf {
     state.join("evidence").join("spool")
 }
 
-/// The environment the S3 tests need, or `None` (and a message) to skip.
-pub fn s3_env(test: &str) -> Option<String> {
-    match std::env::var("MSP_AGENT_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            eprintln!(
-                "SKIPPED {test}: MSP_AGENT_S3_ENDPOINT is not set (run `eval \"$(tests/s3/ceph.sh up)\"` first)"
-            );
-            None
-        }
-    }
+/// The S3 endpoint the s3_* tests run against. They are `#[ignore]`d, so they only run
+/// when asked for (`--ignored` / `--include-ignored`, as tests/run.sh does with the
+/// loopback S3 server up); asked for without the server's environment, they fail.
+pub fn s3_env() -> String {
+    let missing: Vec<&str> = [
+        "MSP_AGENT_S3_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    .into_iter()
+    .filter(|v| std::env::var(v).unwrap_or_default().is_empty())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not set: this test needs the loopback S3 server with Object Lock; \
+         start it with `eval \"$(bash tests/s3/ceph.sh up)\"` (or run tests/run.sh)",
+        missing.join(", ")
+    );
+    std::env::var("MSP_AGENT_S3_ENDPOINT").unwrap()
 }
 
 pub mod proxy {

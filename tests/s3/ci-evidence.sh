@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(tests/s3/ceph.sh up)"
 cargo test --lib prove::
-cargo test --test 'evidence_*' --test 's3_*'
+cargo test --test 'evidence_*'
+cargo test --test s3_objectlock -- --include-ignored
 if [ "${FUZZ_SECONDS:-30}" != 0 ]; then fuzz/run.sh "${FUZZ_SECONDS:-30}"; fi
 if [ "${BENCH:-1}" != 0 ]; then cargo bench --bench evidence; fi
