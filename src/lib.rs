@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map; each module opens with what it owns.
 pub mod act;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -13,4 +14,5 @@ pub mod polkit;
 pub mod prove;
 pub mod report;
 pub mod store;
+pub mod units;
 pub mod watch;

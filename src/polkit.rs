@@ -1,7 +1,8 @@
 //! The polkit rule that lets the agent's unprivileged user start and restart
 //! exactly the units its configuration may remediate, and nothing else.
 
-use crate::config::{Config, is_glob};
+use crate::config::Config;
+use crate::units::is_glob;
 
 /// The JavaScript rule for /etc/polkit-1/rules.d/.
 pub fn rule(config: &Config, user: &str, source: &str) -> String {

@@ -1,14 +1,68 @@
 //! Runbooks: real actions with steps, timeouts and a verification that the
 //! problem is gone. Each returns its outcome and the record of every step;
-//! recording and rate limiting happen in the daemon, which owns the store.
+//! whether to run (limits, silences) is decided in `decide/`, and recording is
+//! the runtime's.
+//!
+//! The registry below is the one place that knows every runbook: its ID, its
+//! settings and its run function. Adding a runbook: its module, a variant of
+//! [`Runbook`], and its line in [`Runbook::id`] and [`Runbook::run`].
 
 pub mod service_restart;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
-use crate::events::StepRecord;
+use crate::events::{RunOutcome, StepRecord};
+
+/// Every runbook ID this agent knows (configuration is checked against it).
+pub const KNOWN: &[&str] = &[service_restart::RUNBOOK_ID];
+
+/// One runbook with its settings.
+#[derive(Debug, Clone)]
+pub enum Runbook {
+    ServiceRestart(service_restart::Params),
+}
+
+impl Runbook {
+    pub fn id(&self) -> &'static str {
+        match self {
+            Runbook::ServiceRestart(_) => service_restart::RUNBOOK_ID,
+        }
+    }
+
+    /// Runs the steps on `target` until done or `cancel`.
+    pub async fn run(
+        &self,
+        target: &str,
+        dry_run: bool,
+        cancel: &CancellationToken,
+    ) -> (RunOutcome, Vec<StepRecord>) {
+        match self {
+            Runbook::ServiceRestart(p) => service_restart::run(target, p, dry_run, cancel).await,
+        }
+    }
+}
+
+/// The runbooks by ID.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    runbooks: HashMap<&'static str, Runbook>,
+}
+
+impl Registry {
+    pub fn new(runbooks: impl IntoIterator<Item = Runbook>) -> Registry {
+        Registry {
+            runbooks: runbooks.into_iter().map(|r| (r.id(), r)).collect(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Runbook> {
+        self.runbooks.get(id)
+    }
+}
 
 /// Times a step and turns it into a [`StepRecord`].
 pub struct StepTimer {

@@ -14,25 +14,26 @@ use zbus::zvariant::OwnedObjectPath;
 use zbus_systemd::systemd1::ManagerProxy;
 
 use super::{StepTimer, journal_cursor};
+use crate::bus::{connect, read_unit, unit_path};
 use crate::events::{RunOutcome, StepRecord};
-use crate::watch::systemd::{connect, read_unit, unit_path};
 
 pub const RUNBOOK_ID: &str = "RB-SERVICE-001";
 
+/// `[runbooks.service_restart]` without its limits.
 #[derive(Debug, Clone)]
 pub struct Params {
     pub job_timeout: Duration,
     pub settle: Duration,
-    pub dry_run: bool,
 }
 
 pub async fn run(
     unit: &str,
     p: &Params,
+    dry_run: bool,
     cancel: &CancellationToken,
 ) -> (RunOutcome, Vec<StepRecord>) {
     let mut steps = Vec::new();
-    if p.dry_run {
+    if dry_run {
         steps.push(StepTimer::start("restart_unit").finish(
             "would_run",
             json!({"method": "org.freedesktop.systemd1.Manager.RestartUnit", "unit": unit, "mode": "replace"}),

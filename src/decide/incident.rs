@@ -203,12 +203,25 @@ impl Engine {
     /// Time passing: resolves incidents whose check held for `resolve_hold`,
     /// and ends flapping once the window has calmed down.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<IncidentTransition> {
+        self.tick_with(now, |_| false)
+    }
+
+    /// As [`Engine::tick`], but an incident for which `held` is true does not
+    /// resolve yet (its runbook is still verifying the fix).
+    pub fn tick_with(
+        &mut self,
+        now: DateTime<Utc>,
+        held: impl Fn(&OpenIncident) -> bool,
+    ) -> Vec<IncidentTransition> {
         let cfg = self.cfg.clone();
         let mut out = Vec::new();
         for track in self.tracks.values_mut() {
             prune(&mut track.edges, now, cfg.flap_window);
             let flapping = track.edges.len() as u32 >= cfg.flap_threshold;
             let Some(inc) = &mut track.open else { continue };
+            if !track.failing && held(inc) {
+                continue;
+            }
             if !track.failing {
                 let held = track
                     .ok_since
@@ -244,6 +257,43 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The next instant at which [`Engine::tick_with`] could produce a transition:
+    /// a resolve hold ending, or the oldest state change leaving the flap window
+    /// of a flapping incident. Incidents for which `held` is true are left out
+    /// (what ends their hold is an input, not time). An instant in the past
+    /// means "due now".
+    pub fn next_deadline(&self, held: impl Fn(&OpenIncident) -> bool) -> Option<DateTime<Utc>> {
+        // prune() keeps an edge exactly `window` old: it leaves just after.
+        let window = chrono_dur(self.cfg.flap_window) + chrono::Duration::microseconds(1);
+        let hold = chrono_dur(self.cfg.resolve_hold);
+        self.tracks
+            .values()
+            .filter_map(|track| {
+                let inc = track.open.as_ref()?;
+                let flapping = track.edges.len() as u32 >= self.cfg.flap_threshold;
+                let calm = track.edges.front().map(|e| *e + window);
+                if !track.failing {
+                    if held(inc) {
+                        None
+                    } else if flapping {
+                        calm
+                    } else {
+                        track.ok_since.map(|s| s + hold)
+                    }
+                } else if inc.state == IncidentState::Flapping {
+                    // still flapping: when the window calms; no longer: due now
+                    if flapping {
+                        calm
+                    } else {
+                        Some(DateTime::<Utc>::MIN_UTC)
+                    }
+                } else {
+                    None
+                }
+            })
+            .min()
     }
 
     /// Closes an open incident at once because its check no longer applies (the
@@ -499,6 +549,52 @@ mod tests {
         for (name, steps, expected) in cases {
             assert_eq!(run(steps), *expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn next_deadline_is_when_tick_would_act() {
+        let c = |at, failing| Condition {
+            check: "unit_failed".into(),
+            target: "demo.service".into(),
+            failing,
+            at: t(at),
+            severity: "critical".into(),
+            reason: "r".into(),
+            observation: serde_json::Value::Null,
+            induced: false,
+        };
+        let mut ids = || "INC-1".to_string();
+        let mut e = engine();
+        assert_eq!(e.next_deadline(|_| false), None);
+        e.observe(c(0, true), &mut ids);
+        assert_eq!(
+            e.next_deadline(|_| false),
+            None,
+            "failing: only an input can help"
+        );
+        e.observe(c(2, false), &mut ids);
+        assert_eq!(
+            e.next_deadline(|_| false),
+            Some(t(7)),
+            "resolve hold of 5 s"
+        );
+        assert_eq!(e.next_deadline(|_| true), None, "held by a run in flight");
+        assert!(e.tick_with(t(8), |_| true).is_empty(), "not while held");
+        assert_eq!(e.tick(t(7)).len(), 1, "resolved at the deadline");
+        assert_eq!(e.next_deadline(|_| false), None);
+
+        // flapping: the deadline is when the oldest change leaves the 60 s window
+        let mut e = engine();
+        for (at, failing) in [(0, true), (1, false), (2, true), (3, false)] {
+            e.observe(c(at, failing), &mut ids);
+        }
+        assert_eq!(e.open_incidents().next().unwrap().state, Flapping);
+        let calm = t(60) + chrono::Duration::microseconds(1);
+        assert_eq!(e.next_deadline(|_| false), Some(calm));
+        assert!(e.tick(t(60)).is_empty());
+        let ts = e.tick(calm);
+        assert_eq!(ts.len(), 1, "calm and held long enough: resolved");
+        assert_eq!(ts[0].to, Resolved);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub fn active_silence<'a>(
     silences.iter().find(|s| {
         s.until > now
             && (s.target == target
-                || glob::Pattern::new(&s.target).is_ok_and(|p| p.matches(target)))
+                || crate::units::UnitPattern::new(&s.target).is_ok_and(|p| p.matches(target)))
     })
 }
 

@@ -5,6 +5,9 @@
 //! decides for. That is what lets the tables of tests below each module pin the
 //! behaviour down, and what keeps "nothing done twice" a property of data.
 
+pub mod agent;
+pub mod checks;
 pub mod incident;
 pub mod limits;
+pub mod policy;
 pub mod units;

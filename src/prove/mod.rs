@@ -61,6 +61,31 @@ impl Default for EvidenceConfig {
     }
 }
 
+impl EvidenceConfig {
+    /// Checks the section; the error is (key below `evidence`, message).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.trim().is_empty() {
+                return Err(("s3.bucket".into(), "is empty".into()));
+            }
+            if s3.retention_days == 0 {
+                return Err((
+                    "s3.retention_days".into(),
+                    "must be at least 1: objects are locked until upload time plus this many days"
+                        .into(),
+                ));
+            }
+        }
+        if self.spool_alarm_percent == 0 || self.spool_alarm_percent > 100 {
+            return Err((
+                "spool_alarm_percent".into(),
+                "must be between 1 and 100".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[evidence.s3]`: where bundles go, write-once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

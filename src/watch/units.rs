@@ -1,4 +1,4 @@
-//! Follows the watched systemd units over D-Bus, event-driven.
+//! The units source: follows the watched systemd units over D-Bus, event-driven.
 //!
 //! Order matters (facts.md): subscribe to the manager, open the signal
 //! streams, and only then read the initial state, so no change falls in
@@ -9,20 +9,45 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{MatchRule, MessageStream, message::Type};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::systemd::{apply_changes, connect, read_unit, unit_path};
-use crate::config::{Config, is_glob};
-use crate::decide::units::UnitObservation;
+use crate::bus::{UnitProperties, apply_changes, connect, read_unit, unit_path};
+use crate::units::UnitRules;
 
+/// The state of one watched unit as systemd reported it, and when the agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitObservation {
+    #[serde(flatten)]
+    pub props: UnitProperties,
+    pub seen_at: DateTime<Utc>,
+}
+
+impl std::ops::Deref for UnitObservation {
+    type Target = UnitProperties;
+    fn deref(&self) -> &UnitProperties {
+        &self.props
+    }
+}
+
+impl UnitObservation {
+    pub fn now(props: UnitProperties) -> UnitObservation {
+        UnitObservation {
+            props,
+            seen_at: Utc::now(),
+        }
+    }
+}
+
+/// What the units source reports.
 #[derive(Debug, Clone)]
-pub enum WatchEvent {
+pub enum UnitEvent {
     /// The state of a watched unit, initial or changed.
     Unit(UnitObservation),
     /// Connected and the initial state was read: `units` are tracked.
@@ -33,34 +58,25 @@ pub enum WatchEvent {
     Disconnected { error: String },
 }
 
+/// The units source's settings: which units, and how often to repair lost signals.
+#[derive(Debug, Clone)]
+pub struct UnitWatchSettings {
+    pub rules: UnitRules,
+    pub reconcile: Duration,
+}
+
 pub struct UnitWatcher {
-    patterns: Vec<String>,
-    reconcile: Duration,
-    tx: mpsc::Sender<WatchEvent>,
+    settings: UnitWatchSettings,
+    tx: mpsc::Sender<UnitEvent>,
 }
 
 impl UnitWatcher {
-    pub fn new(config: &Config, tx: mpsc::Sender<WatchEvent>) -> UnitWatcher {
-        UnitWatcher {
-            patterns: config
-                .watch
-                .units
-                .iter()
-                .map(|r| r.pattern.get_ref().clone())
-                .collect(),
-            reconcile: config.agent.reconcile_interval,
-            tx,
-        }
+    pub fn new(settings: UnitWatchSettings, tx: mpsc::Sender<UnitEvent>) -> UnitWatcher {
+        UnitWatcher { settings, tx }
     }
 
     fn matches(&self, unit: &str) -> bool {
-        self.patterns.iter().any(|p| {
-            if is_glob(p) {
-                glob::Pattern::new(p).is_ok_and(|g| g.matches(unit))
-            } else {
-                p == unit
-            }
-        })
+        self.settings.rules.watches(unit)
     }
 
     /// Runs until `cancel`; reconnects with backoff when the bus is lost.
@@ -85,7 +101,7 @@ impl UnitWatcher {
             );
             if self
                 .tx
-                .send(WatchEvent::Disconnected { error })
+                .send(UnitEvent::Disconnected { error })
                 .await
                 .is_err()
             {
@@ -122,8 +138,8 @@ impl UnitWatcher {
             }
         }
         // explicitly named units that systemd has not loaded yet
-        for p in self.patterns.iter().filter(|p| !is_glob(p)) {
-            if tracked.values().any(|o| &o.unit == p) {
+        for p in self.settings.rules.explicit_names() {
+            if tracked.values().any(|o| o.unit == p) {
                 continue;
             }
             match unit_path(&manager, p).await {
@@ -133,13 +149,13 @@ impl UnitWatcher {
         }
         let _ = self
             .tx
-            .send(WatchEvent::Connected {
+            .send(UnitEvent::Connected {
                 units: tracked.len(),
             })
             .await;
         tracing::info!(units = tracked.len(), "watching units over D-Bus");
 
-        let mut reconcile = tokio::time::interval(self.reconcile);
+        let mut reconcile = tokio::time::interval(self.settings.reconcile);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconcile.tick().await;
         loop {
@@ -160,11 +176,11 @@ impl UnitWatcher {
                         };
                     let relevant = if invalidated.iter().any(|p| p == "ActiveState" || p == "SubState") {
                         match read_unit(&conn, &obs.unit.clone(), &path).await {
-                            Ok(fresh) => { *obs = fresh; true }
+                            Ok(fresh) => { obs.props = fresh; true }
                             Err(_) => false,
                         }
                     } else {
-                        apply_changes(obs, &changed)
+                        apply_changes(&mut obs.props, &changed)
                     };
                     // The type-specific interface (Result, NRestarts) is sent before the
                     // generic one (ActiveState), so report on the latter, and on restarts.
@@ -172,7 +188,7 @@ impl UnitWatcher {
                         && (iface == "org.freedesktop.systemd1.Unit" || changed.contains_key("NRestarts"));
                     if report {
                         obs.seen_at = Utc::now();
-                        if self.tx.send(WatchEvent::Unit(obs.clone())).await.is_err() {
+                        if self.tx.send(UnitEvent::Unit(obs.clone())).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -183,14 +199,26 @@ impl UnitWatcher {
                     let (name, path) = (args.id().to_string(), args.unit().clone());
                     if self.matches(&name) && !tracked.contains_key(&path) {
                         self.track(&conn, &mut tracked, &name, path).await;
-                        let _ = self.tx.send(WatchEvent::Tracking { units: tracked.len() }).await;
+                        let _ = self.tx.send(UnitEvent::Tracking { units: tracked.len() }).await;
                     }
                 }
                 _ = reconcile.tick() => {
+                    // One ListUnits call instead of a read per unit: only a unit whose
+                    // state differs from what the signals said is read again and reported.
+                    let listed = manager.list_units().await?;
+                    let states: HashMap<OwnedObjectPath, (String, String)> =
+                        listed.into_iter().map(|u| (u.6, (u.3, u.4))).collect();
                     for (path, obs) in tracked.iter_mut() {
+                        let stale = states.get(path).is_some_and(|(active, sub)| {
+                            *active != obs.active_state || *sub != obs.sub_state
+                        });
+                        if !stale {
+                            continue;
+                        }
                         if let Ok(fresh) = read_unit(&conn, &obs.unit.clone(), path).await {
-                            *obs = fresh;
-                            let _ = self.tx.send(WatchEvent::Unit(obs.clone())).await;
+                            tracing::info!(unit = %fresh.unit, "a change missed by the signals was repaired by the periodic re-read");
+                            *obs = UnitObservation::now(fresh);
+                            let _ = self.tx.send(UnitEvent::Unit(obs.clone())).await;
                         }
                     }
                 }
@@ -206,8 +234,9 @@ impl UnitWatcher {
         path: OwnedObjectPath,
     ) {
         match read_unit(conn, name, &path).await {
-            Ok(obs) => {
-                let _ = self.tx.send(WatchEvent::Unit(obs.clone())).await;
+            Ok(props) => {
+                let obs = UnitObservation::now(props);
+                let _ = self.tx.send(UnitEvent::Unit(obs.clone())).await;
                 tracked.insert(path, obs);
             }
             Err(e) => tracing::warn!(unit = %name, error = %e, "cannot read unit state"),

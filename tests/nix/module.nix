@@ -574,14 +574,12 @@ let
     s3DefaultChain.services.msp-agent.settings.evidence.s3.bucket = "b";
   };
 
-  # [remediation] is read by agents newer than the one check.sh may run
-  # check-config with: its case is checked here and stays out of `configs`.
+  # [remediation]: every check the agent has, with each kind of answer.
   remediation = forced (
     eval (enabled {
       services.msp-agent.settings.remediation = {
         unit_failed = "RB-SERVICE-001";
         crash_loop = "escalate";
-        flapping = "none";
       };
     })
   );
@@ -710,13 +708,10 @@ let
         })
       ]
     )) true)
-    (check "remediation: unset, no [remediation] table in any rendered file" (lib.filter (
-      t: lib.hasInfix "remediation" t
-    ) (lib.attrValues configs)) [ ])
+    (check "remediation: unset, no [remediation] table in the minimal file" (lib.hasInfix "remediation" (configText minimal)) false)
     (check "remediation: rendered as a table of strings when set" (builtins.fromTOML (configText remediation)).remediation {
       unit_failed = "RB-SERVICE-001";
       crash_loop = "escalate";
-      flapping = "none";
     })
     (check "remediation: no assertion fails" (failedAssertions remediation) [ ])
     (rejected "remediation: a value that is not a string" {
@@ -782,6 +777,8 @@ let
     ++ [
       "limits.global_per_hour"
       "metrics.listen"
+      "remediation.unit_failed"
+      "remediation.crash_loop"
     ]
     ++ map (k: "evidence.${k}") [
       "key_file"
@@ -820,6 +817,7 @@ let
     vm-backup = configText vmBackupOlder;
     vm-backup-restic-settings = configText vmBackup2511;
     vm-evidence = configText vmEvidence;
+    remediation = configText remediation;
   }
   // lib.mapAttrs (_: configText) cases;
 in

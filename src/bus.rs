@@ -1,15 +1,30 @@
 //! The system bus and systemd's generated proxies (zbus_systemd): connecting,
-//! and reading one unit's state. Shared by the unit watcher and the runbooks.
+//! loading a unit, and reading one unit's properties. Shared by the watchers and
+//! the runbooks, so neither borrows the other's D-Bus code.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 
-use crate::decide::units::UnitObservation;
+/// The properties of one unit that the checks and runbooks look at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitProperties {
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// The service's `Result` (empty for units that are not services).
+    pub result: String,
+    pub n_restarts: u32,
+    /// The invocation this state belongs to, as hex.
+    pub invocation_id: String,
+    /// When systemd says the state last changed.
+    pub state_change: Option<DateTime<Utc>>,
+}
 
 pub async fn connect() -> zbus::Result<Connection> {
     Connection::system().await
@@ -20,7 +35,7 @@ pub async fn read_unit(
     conn: &Connection,
     unit: &str,
     path: &OwnedObjectPath,
-) -> zbus::Result<UnitObservation> {
+) -> zbus::Result<UnitProperties> {
     let u = UnitProxy::builder(conn)
         .path(path.clone())?
         .cache_properties(CacheProperties::No)
@@ -43,7 +58,7 @@ pub async fn read_unit(
     } else {
         (String::new(), 0)
     };
-    Ok(UnitObservation {
+    Ok(UnitProperties {
         unit: unit.to_string(),
         active_state,
         sub_state,
@@ -51,7 +66,6 @@ pub async fn read_unit(
         n_restarts,
         invocation_id,
         state_change,
-        seen_at: Utc::now(),
     })
 }
 
@@ -72,7 +86,7 @@ pub fn from_usec(us: u64) -> Option<DateTime<Utc>> {
 
 /// Applies the values a `PropertiesChanged` signal carries to an observation.
 /// Returns whether anything the checks look at changed.
-pub fn apply_changes(obs: &mut UnitObservation, changed: &HashMap<String, OwnedValue>) -> bool {
+pub fn apply_changes(obs: &mut UnitProperties, changed: &HashMap<String, OwnedValue>) -> bool {
     let mut relevant = false;
     for (name, value) in changed {
         match (name.as_str(), &**value) {
@@ -104,4 +118,72 @@ pub fn apply_changes(obs: &mut UnitObservation, changed: &HashMap<String, OwnedV
         }
     }
     relevant
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props() -> UnitProperties {
+        UnitProperties {
+            unit: "demo.service".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            result: "success".into(),
+            n_restarts: 0,
+            invocation_id: String::new(),
+            state_change: None,
+        }
+    }
+
+    fn changed(pairs: Vec<(&str, Value<'static>)>) -> HashMap<String, OwnedValue> {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), OwnedValue::try_from(v).unwrap()))
+            .collect()
+    }
+
+    /// Signal values, whether the checks care, and the expected change.
+    type Case = (
+        Vec<(&'static str, Value<'static>)>,
+        bool,
+        fn(&mut UnitProperties),
+    );
+
+    #[test]
+    fn apply_changes_table() {
+        let cases: Vec<Case> = vec![
+            (vec![("ActiveState", Value::from("failed"))], true, |p| {
+                p.active_state = "failed".into()
+            }),
+            (vec![("ActiveState", Value::from("active"))], false, |_| {}),
+            (vec![("Result", Value::from("signal"))], false, |p| {
+                p.result = "signal".into()
+            }),
+            (vec![("NRestarts", Value::U32(2))], true, |p| {
+                p.n_restarts = 2
+            }),
+            (
+                vec![("StateChangeTimestamp", Value::U64(1_800_000_000_000_000))],
+                false,
+                |p| p.state_change = DateTime::from_timestamp(1_800_000_000, 0),
+            ),
+            (
+                vec![("InvocationID", Value::from(vec![0xabu8, 0x01]))],
+                false,
+                |p| p.invocation_id = "ab01".into(),
+            ),
+            (vec![("Description", Value::from("x"))], false, |_| {}),
+            // a value of the wrong type is ignored, not misread
+            (vec![("NRestarts", Value::from("three"))], false, |_| {}),
+        ];
+        for (values, relevant, expect) in cases {
+            let mut p = props();
+            let mut want = props();
+            expect(&mut want);
+            let desc = format!("{values:?}");
+            assert_eq!(apply_changes(&mut p, &changed(values)), relevant, "{desc}");
+            assert_eq!(p, want, "{desc}");
+        }
+    }
 }
