@@ -13,16 +13,36 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     IncidentTransition(IncidentTransition),
     RunbookRun(RunbookRun),
+    /// Evidence not tied to an incident (a control evaluation, a gap in the journal).
+    Notice(Notice),
 }
 
 impl Event {
-    /// The correlation ID shared by the journal, SQLite, the bundle and its S3 key.
-    pub fn incident_id(&self) -> &str {
+    /// The correlation ID shared by the journal, SQLite, the bundle and its S3 key;
+    /// `None` for an event that belongs to no incident.
+    pub fn incident_id(&self) -> Option<&str> {
         match self {
-            Event::IncidentTransition(t) => &t.incident_id,
-            Event::RunbookRun(r) => &r.incident_id,
+            Event::IncidentTransition(t) => Some(&t.incident_id),
+            Event::RunbookRun(r) => Some(&r.incident_id),
+            Event::Notice(_) => None,
         }
     }
+}
+
+/// Something worth proving that belongs to no incident.
+///
+/// Its field `topic` says what it is: the event's own `kind` tag is `notice`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What this notice is about, e.g. `control_evaluation`, `journal_gap`.
+    pub topic: String,
+    /// What it concerns, e.g. a control ID or a journal source.
+    pub subject: String,
+    pub at: DateTime<Utc>,
+    /// Why it was recorded, in words.
+    pub reason: String,
+    /// The specifics, as recorded at the time.
+    pub detail: serde_json::Value,
 }
 
 /// The states an incident moves through.
