@@ -17,8 +17,8 @@ use tracing::Instrument;
 
 use crate::act::service_restart;
 use crate::config::Config;
-use crate::decide::incident::{Engine, EngineConfig, chrono_dur};
-use crate::decide::limits::{self, History, Limits, Verdict};
+use crate::decide::incident::{Edge, Engine, EngineConfig, OpenIncident, chrono_dur};
+use crate::decide::limits::{self, History, Limits, Silence, Verdict};
 use crate::decide::units::{
     CHECK_CRASH_LOOP, CHECK_UNIT_FAILED, CrashLoops, UnitObservation, unit_failed,
 };
@@ -28,7 +28,7 @@ use crate::events::{
 use crate::notify;
 use crate::prove::{Evidence, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
-use crate::store::{Store, StoreError};
+use crate::store::{AgentStatus, EdgeRow, Store, StoreError};
 use crate::watch::units::{UnitWatcher, WatchEvent};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -132,7 +132,15 @@ impl Daemon {
                 "a runbook was in flight when the agent last stopped: recorded as interrupted, not repeated blindly"
             );
         }
-        for inc in self.db(|s| s.open_incidents()).await? {
+        let open = self.db(|s| s.open_incidents()).await?;
+        for inc in open.into_iter().map(|r| OpenIncident {
+            id: r.id,
+            check: r.check,
+            target: r.target,
+            severity: r.severity,
+            state: r.state,
+            opened_at: r.opened_at,
+        }) {
             let unit_check = inc.check == CHECK_UNIT_FAILED || inc.check == CHECK_CRASH_LOOP;
             if unit_check && self.config.unit_rule(&inc.target).is_none() {
                 // The configuration no longer watches this unit: nothing would ever
@@ -157,8 +165,12 @@ impl Daemon {
         // Flap detection carries on where it stopped: the state changes still in
         // the window come back from SQLite.
         let since = now - chrono_dur(self.config.incidents.flap_window);
-        for edge in self.db(move |s| s.edges_since(since)).await? {
-            self.engine.restore_edge(edge);
+        for e in self.db(move |s| s.edges_since(since)).await? {
+            self.engine.restore_edge(Edge {
+                check: e.check,
+                target: e.target,
+                at: e.at,
+            });
         }
         self.write_status("starting").await;
 
@@ -336,29 +348,22 @@ impl Daemon {
     }
 
     async fn write_status(&mut self, state: &str) {
-        let pairs = vec![
-            ("state", state.to_string()),
-            ("pid", std::process::id().to_string()),
-            ("version", VERSION.to_string()),
-            ("started_at", self.started_at.to_rfc3339()),
-            ("heartbeat_at", Utc::now().to_rfc3339()),
-            ("dry_run", self.config.agent.dry_run.to_string()),
-            ("watched_units", self.watched_units.to_string()),
-            (
-                "bus",
-                if self.bus_connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-                .to_string(),
-            ),
-            ("config", self.config_source.clone()),
-            ("hostname", self.config.hostname()),
-            ("runbooks_in_flight", self.in_flight.len().to_string()),
-            ("summary", self.status_line()),
-        ];
-        if let Err(e) = self.db(move |s| s.set_status(&pairs)).await {
+        let status = AgentStatus {
+            state: state.to_string(),
+            pid: std::process::id(),
+            version: VERSION.to_string(),
+            started_at: Some(self.started_at),
+            heartbeat_at: Some(Utc::now()),
+            dry_run: self.config.agent.dry_run,
+            watched_units: self.watched_units,
+            bus_connected: self.bus_connected,
+            config: self.config_source.clone(),
+            hostname: self.config.hostname(),
+            runbooks_in_flight: self.in_flight.len(),
+            summary: self.status_line(),
+            evidence: serde_json::to_value(self.evidence.stats()).ok(),
+        };
+        if let Err(e) = self.db(move |s| s.set_status(&status)).await {
             tracing::warn!(error = %e, "cannot write the agent status");
         }
         if let Ok(n) = self.db(|s| s.outbox_len()).await {
@@ -380,11 +385,6 @@ impl Daemon {
             .evidence_upload_failures
             .inc_by(stats.upload_failures.saturating_sub(fail));
         self.uploads_seen = (stats.uploaded, stats.upload_failures);
-        let pairs = vec![(
-            "evidence",
-            serde_json::to_string(&stats).unwrap_or_default(),
-        )];
-        let _ = self.db(move |s| s.set_status(&pairs)).await;
     }
 
     fn update_open_gauges(&self) {
@@ -474,7 +474,16 @@ impl Daemon {
 
     /// Persists the state changes the engine counted towards flapping.
     async fn save_edges(&mut self) -> anyhow::Result<()> {
-        let edges = self.engine.take_new_edges();
+        let edges: Vec<EdgeRow> = self
+            .engine
+            .take_new_edges()
+            .into_iter()
+            .map(|e| EdgeRow {
+                check: e.check,
+                target: e.target,
+                at: e.at,
+            })
+            .collect();
         if edges.is_empty() {
             return Ok(());
         }
@@ -594,7 +603,17 @@ impl Daemon {
             }
             IncidentState::NeedsHuman | IncidentState::Resolved => return Ok(()),
         }
-        let silences = self.db(move |s| s.active_silences(now)).await?;
+        let silences: Vec<Silence> = self
+            .db(move |s| s.active_silences(now))
+            .await?
+            .into_iter()
+            .map(|s| Silence {
+                id: s.id,
+                target: s.target,
+                until: s.until,
+                reason: s.reason,
+            })
+            .collect();
         if let Some(s) = limits::active_silence(&silences, &inc.target, now) {
             let detail = serde_json::json!({
                 "reason": "silenced", "silence_id": s.id, "silence_target": s.target,
