@@ -177,3 +177,69 @@ pub struct RateLimitDecision {
     pub global_runs_last_hour: u32,
     pub global_budget: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    /// Bundles already sealed hold these bytes: the form of the existing kinds is fixed.
+    #[test]
+    fn existing_kinds_serialize_as_before_and_notice_has_no_incident() {
+        let transition = Event::IncidentTransition(IncidentTransition {
+            incident_id: "INC-1".into(),
+            check: "unit_failed".into(),
+            target: "demo.service".into(),
+            severity: "critical".into(),
+            from: None,
+            to: IncidentState::Firing,
+            at: at(),
+            reason: "r".into(),
+            observation: serde_json::json!({}),
+        });
+        let run = Event::RunbookRun(RunbookRun {
+            run_id: "R1".into(),
+            incident_id: "INC-1".into(),
+            runbook: "RB-SERVICE-001".into(),
+            target: "demo.service".into(),
+            dry_run: false,
+            started_at: at(),
+            finished_at: None,
+            outcome: RunOutcome::DryRun,
+            steps: vec![],
+            rate_limit: vec![],
+        });
+        let notice = Event::Notice(Notice {
+            topic: "journal_gap".into(),
+            subject: "journal".into(),
+            at: at(),
+            reason: "rotated".into(),
+            detail: serde_json::json!({"n": 1}),
+        });
+        let cases = [
+            (
+                &transition,
+                r#"{"kind":"incident_transition","incident_id":"INC-1","check":"unit_failed","target":"demo.service","severity":"critical","from":null,"to":"firing","at":"2027-01-15T08:00:00Z","reason":"r","observation":{}}"#,
+                Some("INC-1"),
+            ),
+            (
+                &run,
+                r#"{"kind":"runbook_run","run_id":"R1","incident_id":"INC-1","runbook":"RB-SERVICE-001","target":"demo.service","dry_run":false,"started_at":"2027-01-15T08:00:00Z","finished_at":null,"outcome":"dry_run","steps":[],"rate_limit":[]}"#,
+                Some("INC-1"),
+            ),
+            (
+                &notice,
+                r#"{"kind":"notice","topic":"journal_gap","subject":"journal","at":"2027-01-15T08:00:00Z","reason":"rotated","detail":{"n":1}}"#,
+                None,
+            ),
+        ];
+        for (event, json, incident) in cases {
+            assert_eq!(serde_json::to_string(event).unwrap(), json);
+            assert_eq!(&serde_json::from_str::<Event>(json).unwrap(), event);
+            assert_eq!(event.incident_id(), incident);
+        }
+    }
+}
