@@ -13,16 +13,36 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     IncidentTransition(IncidentTransition),
     RunbookRun(RunbookRun),
+    /// Evidence not tied to an incident (a control evaluation, a gap in the journal).
+    Notice(Notice),
 }
 
 impl Event {
-    /// The correlation ID shared by the journal, SQLite, the bundle and its S3 key.
-    pub fn incident_id(&self) -> &str {
+    /// The correlation ID shared by the journal, SQLite, the bundle and its S3 key;
+    /// `None` for an event that belongs to no incident.
+    pub fn incident_id(&self) -> Option<&str> {
         match self {
-            Event::IncidentTransition(t) => &t.incident_id,
-            Event::RunbookRun(r) => &r.incident_id,
+            Event::IncidentTransition(t) => Some(&t.incident_id),
+            Event::RunbookRun(r) => Some(&r.incident_id),
+            Event::Notice(_) => None,
         }
     }
+}
+
+/// Something worth proving that belongs to no incident.
+///
+/// Its field `topic` says what it is: the event's own `kind` tag is `notice`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What this notice is about, e.g. `control_evaluation`, `journal_gap`.
+    pub topic: String,
+    /// What it concerns, e.g. a control ID or a journal source.
+    pub subject: String,
+    pub at: DateTime<Utc>,
+    /// Why it was recorded, in words.
+    pub reason: String,
+    /// The specifics, as recorded at the time.
+    pub detail: serde_json::Value,
 }
 
 /// The states an incident moves through.
@@ -156,4 +176,70 @@ pub struct RateLimitDecision {
     pub window_secs: u64,
     pub global_runs_last_hour: u32,
     pub global_budget: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    /// Bundles already sealed hold these bytes: the form of the existing kinds is fixed.
+    #[test]
+    fn existing_kinds_serialize_as_before_and_notice_has_no_incident() {
+        let transition = Event::IncidentTransition(IncidentTransition {
+            incident_id: "INC-1".into(),
+            check: "unit_failed".into(),
+            target: "demo.service".into(),
+            severity: "critical".into(),
+            from: None,
+            to: IncidentState::Firing,
+            at: at(),
+            reason: "r".into(),
+            observation: serde_json::json!({}),
+        });
+        let run = Event::RunbookRun(RunbookRun {
+            run_id: "R1".into(),
+            incident_id: "INC-1".into(),
+            runbook: "RB-SERVICE-001".into(),
+            target: "demo.service".into(),
+            dry_run: false,
+            started_at: at(),
+            finished_at: None,
+            outcome: RunOutcome::DryRun,
+            steps: vec![],
+            rate_limit: vec![],
+        });
+        let notice = Event::Notice(Notice {
+            topic: "journal_gap".into(),
+            subject: "journal".into(),
+            at: at(),
+            reason: "rotated".into(),
+            detail: serde_json::json!({"n": 1}),
+        });
+        let cases = [
+            (
+                &transition,
+                r#"{"kind":"incident_transition","incident_id":"INC-1","check":"unit_failed","target":"demo.service","severity":"critical","from":null,"to":"firing","at":"2027-01-15T08:00:00Z","reason":"r","observation":{}}"#,
+                Some("INC-1"),
+            ),
+            (
+                &run,
+                r#"{"kind":"runbook_run","run_id":"R1","incident_id":"INC-1","runbook":"RB-SERVICE-001","target":"demo.service","dry_run":false,"started_at":"2027-01-15T08:00:00Z","finished_at":null,"outcome":"dry_run","steps":[],"rate_limit":[]}"#,
+                Some("INC-1"),
+            ),
+            (
+                &notice,
+                r#"{"kind":"notice","topic":"journal_gap","subject":"journal","at":"2027-01-15T08:00:00Z","reason":"rotated","detail":{"n":1}}"#,
+                None,
+            ),
+        ];
+        for (event, json, incident) in cases {
+            assert_eq!(serde_json::to_string(event).unwrap(), json);
+            assert_eq!(&serde_json::from_str::<Event>(json).unwrap(), event);
+            assert_eq!(event.incident_id(), incident);
+        }
+    }
 }

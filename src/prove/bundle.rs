@@ -65,6 +65,7 @@ impl BundleBody {
         match self {
             BundleBody::Event(Event::IncidentTransition(_)) => "incident_transition",
             BundleBody::Event(Event::RunbookRun(_)) => "runbook_run",
+            BundleBody::Event(Event::Notice(_)) => "notice",
             BundleBody::Agent(AgentRecord::KeyChange(_)) => "key_change",
             BundleBody::Agent(AgentRecord::AgentStart(_)) => "agent_start",
         }
@@ -72,7 +73,7 @@ impl BundleBody {
 
     pub fn incident_id(&self) -> Option<&str> {
         match self {
-            BundleBody::Event(e) => Some(e.incident_id()),
+            BundleBody::Event(e) => e.incident_id(),
             BundleBody::Agent(_) => None,
         }
     }
