@@ -33,7 +33,7 @@ use crate::notify;
 use crate::prove::{Evidence, S3Config, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
 use crate::store::{self, AgentStatus, Batch, Store, StoreError};
-use crate::watch::units::{UnitEvent, UnitWatcher, UnitWatchSettings};
+use crate::watch::units::{UnitEvent, UnitWatchSettings, UnitWatcher};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -405,7 +405,8 @@ impl Daemon {
     fn observe_record(&self, r: &agent::Record) {
         match r {
             agent::Record::Transition { transition: t, .. } => {
-                let span = tracing::info_span!("incident", incident_id = %t.incident_id, unit = %t.target);
+                let span =
+                    tracing::info_span!("incident", incident_id = %t.incident_id, unit = %t.target);
                 span.in_scope(|| {
                     tracing::info!(
                         check = %t.check,
@@ -468,7 +469,8 @@ impl Daemon {
     }
 
     async fn write_status(&mut self, state: &str) {
-        self.cancels.retain(|id, _| self.agent.in_flight().any(|r| &r.run_id == id));
+        self.cancels
+            .retain(|id, _| self.agent.in_flight().any(|r| &r.run_id == id));
         let stats = self.evidence.stats();
         let status = AgentStatus {
             state: state.to_string(),
