@@ -33,6 +33,7 @@ use crate::notify;
 use crate::prove::{Evidence, S3Config, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
 use crate::store::{self, AgentStatus, Batch, Store, StoreError};
+use crate::watch::Checkpoint;
 use crate::watch::units::{UnitEvent, UnitWatchSettings, UnitWatcher};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -194,7 +195,8 @@ impl Daemon {
                 ev = units_rx.recv() => match ev {
                     Some(ev) => {
                         self.on_units_event(&ev);
-                        Some(Input::Units(ev))
+                        // The units source has no position to resume from.
+                        Some((Input::Units(ev), None))
                     }
                     // The watcher ends with the stop token; otherwise it is a fault,
                     // and the runs in flight are still drained and recorded below.
@@ -203,7 +205,7 @@ impl Daemon {
                         break;
                     }
                 },
-                Some(run) = run_rx.recv() => Some(Input::RunFinished(run)),
+                Some(run) = run_rx.recv() => Some((Input::RunFinished(run), None)),
                 _ = tokio::time::sleep_until(wake) => {
                     let at = Instant::now();
                     if next_ping.is_some_and(|p| at >= p) {
@@ -216,14 +218,26 @@ impl Daemon {
                     }
                     deadline.filter(|d| at >= *d).map(|_| {
                         last_tick = at;
-                        Input::Tick
+                        (Input::Tick, None)
                     })
                 }
             };
-            if let Some(input) = input {
+            if let Some((input, checkpoint)) = input {
                 let connected = matches!(input, Input::Units(UnitEvent::Connected { .. }));
-                self.apply(input).await?;
+                self.apply_from(input, checkpoint).await?;
                 if connected {
+                    if !self.ready {
+                        // READY only once the initial state is read and decided on.
+                        self.ready = true;
+                        let line = self.agent.summary();
+                        notify::ready(&line);
+                        self.last_status_line = line;
+                        tracing::info!(
+                            units = self.agent.watched_units(),
+                            dry_run = self.settings.dry_run,
+                            "msp-agent ready"
+                        );
+                    }
                     self.write_status("running").await;
                 }
             }
@@ -321,10 +335,6 @@ impl Daemon {
             UnitEvent::Connected { units } => {
                 self.metrics.watched_units.set(*units as i64);
                 self.metrics.bus_connected.set(1);
-                if !self.ready {
-                    self.ready = true;
-                    tracing::info!(units, dry_run = self.settings.dry_run, "msp-agent ready");
-                }
             }
             UnitEvent::Tracking { units } => {
                 self.metrics.watched_units.set(*units as i64);
@@ -361,6 +371,17 @@ impl Daemon {
 
     /// One step of the core, and its effects in phase order.
     async fn apply(&mut self, input: Input) -> anyhow::Result<()> {
+        self.apply_from(input, None).await
+    }
+
+    /// As [`Daemon::apply`], for an input a source delivered up to `checkpoint`:
+    /// the checkpoint is committed in the same transaction as the step's records
+    /// (also when the step recorded nothing), so a restart resumes exactly after it.
+    async fn apply_from(
+        &mut self,
+        input: Input,
+        checkpoint: Option<Checkpoint>,
+    ) -> anyhow::Result<()> {
         if matches!(
             input,
             Input::Units(UnitEvent::Unit(_) | UnitEvent::Connected { .. })
@@ -379,10 +400,13 @@ impl Daemon {
                 other => rest.push(other),
             }
         }
-        if !records.is_empty() {
+        if !records.is_empty() || checkpoint.is_some() {
             let batch = Batch {
                 records: records.iter().cloned().map(store_record).collect(),
-                checkpoint: None,
+                checkpoint: checkpoint.map(|c| store::Checkpoint {
+                    source: c.source.to_string(),
+                    cursor: c.cursor,
+                }),
             };
             self.db(move |s| s.commit(&batch)).await?;
             self.evidence_wake.notify_one();

@@ -358,13 +358,15 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
     if found == SCHEMA_VERSION {
         return Ok(());
     }
-    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    if found > 0 {
         tracing::info!(
             database = path,
-            from,
-            to = from + 1,
-            "migrating the state database"
+            from = found,
+            to = SCHEMA_VERSION,
+            "migrating the state database from schema {found} to {SCHEMA_VERSION}"
         );
+    }
+    for sql in MIGRATIONS.iter().skip(found as usize) {
         tx.execute_batch(sql).map_err(err)?;
     }
     tx.execute(
