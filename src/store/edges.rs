@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, Record, Result, Store, sqlite_err, time_col, to_us};
+use super::{Result, Store, sqlite_err, time_col, to_us};
 
 /// One counted state change of a (check, target).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,9 +81,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Superseded by [`Store::commit`] with [`Record::Edges`]; kept for callers not yet moved.
+    /// Edges in a batch of their own (tests).
+    #[cfg(test)]
     pub fn record_edges(&mut self, edges: &[EdgeRow], keep_since: DateTime<Utc>) -> Result<()> {
-        self.commit(&Batch::new(vec![Record::Edges {
+        self.commit(&super::Batch::new(vec![super::Record::Edges {
             edges: edges.to_vec(),
             keep_since,
         }]))

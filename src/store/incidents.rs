@@ -5,7 +5,7 @@ use rusqlite::{Transaction, params};
 use serde::Serialize;
 
 use super::runs::RunRow;
-use super::{Batch, Record, Result, Store, corrupt, sqlite_err, time_col, to_us};
+use super::{Result, Store, corrupt, sqlite_err, time_col, to_us};
 use crate::events::{IncidentState, IncidentTransition};
 
 const TABLE: &str = "incidents";
@@ -202,15 +202,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a transition, updates the incident row and queues the event.
-    /// Superseded by [`Store::commit`] with [`Record::Transition`]; kept for callers
-    /// not yet moved.
+    /// One transition in a batch of its own (tests).
+    #[cfg(test)]
     pub fn apply_transition(
         &mut self,
         t: &IncidentTransition,
         detected_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        self.commit(&Batch::new(vec![Record::Transition {
+        self.commit(&super::Batch::new(vec![super::Record::Transition {
             transition: t.clone(),
             detected_at,
         }]))

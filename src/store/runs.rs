@@ -231,20 +231,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a run before its first step. Superseded by [`Store::commit`] with
-    /// [`Record::RunStarted`]; kept for callers not yet moved.
-    pub fn begin_run(&mut self, run: &RunbookRun) -> Result<()> {
-        self.commit(&Batch::new(vec![Record::RunStarted(run.clone())]))
-    }
-
-    /// Closes a run (or records a refusal) and queues its event. Superseded by
-    /// [`Store::commit`] with [`Record::RunFinished`]; kept for callers not yet moved.
-    pub fn finish_run(&mut self, run: &RunbookRun) -> Result<()> {
-        self.commit(&Batch::new(vec![Record::RunFinished(run.clone())]))
-    }
-
-    /// Start times of counted runs of `runbook` on `target` after `since`.
-    /// Superseded by [`Store::run_history`].
+    /// Start times of counted runs of `runbook` on `target` after `since` (tests).
+    #[cfg(test)]
     pub fn run_starts(
         &self,
         runbook: &str,
@@ -259,7 +247,8 @@ impl Store {
             .collect())
     }
 
-    /// How many counted runs started after `since`. Superseded by [`Store::run_history`].
+    /// How many counted runs started after `since` (tests).
+    #[cfg(test)]
     pub fn runs_since(&self, since: DateTime<Utc>) -> Result<u32> {
         Ok(self.run_history(since)?.len() as u32)
     }
