@@ -205,7 +205,10 @@ impl Daemon {
                         break;
                     }
                 },
-                Some(run) = run_rx.recv() => Some((Input::RunFinished(run), None)),
+                Some(run) = run_rx.recv() => {
+                    self.cancels.remove(&run.run_id);
+                    Some((Input::RunFinished(run), None))
+                }
                 _ = tokio::time::sleep_until(wake) => {
                     let at = Instant::now();
                     if next_ping.is_some_and(|p| at >= p) {
@@ -493,8 +496,6 @@ impl Daemon {
     }
 
     async fn write_status(&mut self, state: &str) {
-        self.cancels
-            .retain(|id, _| self.agent.in_flight().any(|r| &r.run_id == id));
         let stats = self.evidence.stats();
         let status = AgentStatus {
             state: state.to_string(),
