@@ -254,6 +254,7 @@ impl Daemon {
         // Shutdown: let runbooks in flight finish within the grace period, then
         // interrupt them; either way each one ends up recorded.
         sources_cancel.cancel();
+        self.apply(Input::Stopping).await?;
         notify::stopping("stopping: finishing runbooks in flight");
         let deadline = Instant::now() + self.settings.shutdown_grace;
         let mut cancelled = false;

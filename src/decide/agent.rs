@@ -72,6 +72,9 @@ pub enum Input {
     Silences(Vec<Silence>),
     /// A deadline passed.
     Tick,
+    /// The agent is stopping: the sources are gone, so nothing new is started;
+    /// the runs in flight may still come back.
+    Stopping,
     /// The agent stops and will not wait for the runs still in flight.
     Abandon,
 }
@@ -161,6 +164,8 @@ pub struct Agent {
     silences: Vec<Silence>,
     /// The units source has read the initial state (after a start or reconnect).
     units_ready: bool,
+    /// Nothing new is decided: the agent is stopping.
+    stopping: bool,
     watched_units: usize,
     ids: Box<dyn Ids>,
 }
@@ -185,6 +190,7 @@ impl Agent {
             history: Vec::new(),
             silences: Vec::new(),
             units_ready: false,
+            stopping: false,
             watched_units: 0,
             ids,
             s,
@@ -217,6 +223,10 @@ impl Agent {
             Input::RunFinished(run) => self.on_run_finished(run, now, &mut fx),
             Input::Silences(s) => self.silences = s,
             Input::Tick => self.on_tick(now, &mut fx),
+            Input::Stopping => {
+                self.stopping = true;
+                self.units_ready = false;
+            }
             Input::Abandon => {
                 let mut left: Vec<RunbookRun> = self.in_flight.drain().map(|(_, r)| r).collect();
                 left.sort_by_key(|r| r.started_at);
@@ -455,9 +465,10 @@ impl Agent {
 
     /// Decides whether an open incident gets a runbook run now.
     fn consider(&mut self, incident_id: &str, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
-        // Decide nothing before the initial state is read: a restored incident
-        // may already be fixed.
-        if !self.units_ready {
+        // Decide nothing before the initial state is read (a restored incident
+        // may already be fixed), nor once the sources are gone at a stop (what a
+        // run fixed can no longer be observed).
+        if !self.units_ready || self.stopping {
             return;
         }
         let Some(inc) = self.engine.find(incident_id).cloned() else {
@@ -943,6 +954,19 @@ mod tests {
             ["INC-1:none->firing", "end R1 suppressed", "edges 1"]
         );
         assert!(words(&a.step(Input::Tick, t(1000))).is_empty(), "once");
+    }
+
+    #[test]
+    fn nothing_new_starts_once_stopping() {
+        let mut a = agent(true);
+        a.step(connected(), t(0));
+        a.step(unit(0, "failed", 0), t(0));
+        assert!(words(&a.step(Input::Stopping, t(100))).is_empty());
+        // the run comes back; the unit's recovery can no longer be seen: no second run
+        let fx = a.step(finished(&a, 5_000, RunOutcome::Success), t(5_000));
+        assert_eq!(words(&fx), ["end R1 success"]);
+        assert_eq!(a.runs_in_flight(), 0);
+        assert_eq!(a.next_deadline(t(5_000)), None);
     }
 
     #[test]
