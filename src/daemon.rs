@@ -394,19 +394,18 @@ impl Daemon {
         ) {
             self.refresh_silences().await?;
         }
-        let mut fx = self.agent.step(input, Utc::now());
-        fx.sort_by_key(Effect::phase);
-        let mut records = Vec::new();
-        let mut rest = Vec::new();
-        for e in fx {
-            match e {
-                Effect::Record(r) => records.push(r),
-                other => rest.push(other),
-            }
-        }
+        let fx = self.agent.step(input, Utc::now());
+        // Phase 0: every record of the step, in one transaction.
+        let records: Vec<agent::Record> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Record(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
         if !records.is_empty() || checkpoint.is_some() {
             let batch = Batch {
-                records: records.iter().cloned().map(store_record).collect(),
+                records: records.into_iter().map(store_record).collect(),
                 checkpoint: checkpoint.map(|c| store::Checkpoint {
                     source: c.source.to_string(),
                     cursor: c.cursor,
@@ -414,18 +413,22 @@ impl Daemon {
             };
             self.db(move |s| s.commit(&batch)).await?;
             self.evidence_wake.notify_one();
-            for r in &records {
-                self.observe_record(r);
-            }
-            self.update_open_gauges();
         }
-        for e in rest {
+        // Phase 1: the runs, now that they are recorded as started.
+        for e in &fx {
+            if let Effect::Start(run) = e {
+                self.start(run.clone());
+            }
+        }
+        // Phase 2: metrics and log lines, in the order the core said them.
+        for e in &fx {
             match e {
-                Effect::Start(run) => self.start(run),
-                Effect::Note(n) => log_note(&n),
-                Effect::Record(_) => unreachable!("records were taken out above"),
+                Effect::Record(r) => self.observe_record(r),
+                Effect::Note(n) => log_note(n),
+                Effect::Start(_) => {}
             }
         }
+        self.update_open_gauges();
         Ok(())
     }
 

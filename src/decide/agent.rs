@@ -114,23 +114,15 @@ pub struct Note {
     pub message: String,
 }
 
+/// What the runtime must do. It executes them in phases, in order within each:
+/// every `Record` of a step in one transaction, then every `Start`, then the
+/// notes and the records' own log lines.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Record(Record),
     /// Start this run (its `RunStarted` record precedes it).
     Start(RunbookRun),
     Note(Note),
-}
-
-impl Effect {
-    /// The runtime executes effects by phase, in order within a phase: store, act, notify.
-    pub fn phase(&self) -> u8 {
-        match self {
-            Effect::Record(_) => 0,
-            Effect::Start(_) => 1,
-            Effect::Note(_) => 2,
-        }
-    }
 }
 
 /// Where new incident and run IDs come from (UUIDv7 in the daemon, counters in tests).
@@ -791,15 +783,6 @@ mod tests {
                 "edges 1"
             ]
         );
-        // records before starts before notes, whatever order they were made in
-        let mut phases: Vec<u8> = fx.iter().map(Effect::phase).collect();
-        let sorted = {
-            let mut p = phases.clone();
-            p.sort();
-            p
-        };
-        phases.sort_by_key(|p| *p);
-        assert_eq!(phases, sorted);
         if let Effect::Record(Record::Transition { detected_at, .. }) = &fx[0] {
             assert_eq!(
                 *detected_at,
