@@ -378,6 +378,8 @@ fn read_round(wanted: Option<&[String]>, seen_at: DateTime<Utc>) -> (Vec<DiskObs
     let mut out = Vec::with_capacity(mounts.len());
     for e in &mounts {
         match nix::sys::statvfs::statvfs(PathBuf::from(&e.mount_point).as_path()) {
+            // the field types are narrower on some targets
+            #[allow(clippy::unnecessary_cast)]
             Ok(s) => out.push(observe(
                 e,
                 Usage {
@@ -459,7 +461,9 @@ mod tests {
 
     #[test]
     fn mountinfo_lines() {
-        let cases: &[(&str, Result<(&str, &str, &str, &str), &str>)] = &[
+        // (line, Ok((device, mount point, type, source)) or Err(part of the message))
+        type Want = Result<(&'static str, &'static str, &'static str, &'static str), &'static str>;
+        let cases: &[(&str, Want)] = &[
             (
                 "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue",
                 Ok(("98:0", "/mnt2", "ext3", "/dev/root")),
