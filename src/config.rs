@@ -16,11 +16,15 @@ use serde::Deserialize;
 
 use crate::act::{self, Runbook};
 use crate::decide::agent::AgentSettings;
+use crate::decide::disks::{
+    CHECK_DISK_FILL_RATE, CHECK_DISK_INODES, CHECK_DISK_SPACE, DiskRules, DiskThresholds, Levels,
+};
 use crate::decide::incident::EngineConfig;
 use crate::decide::limits::Limits;
 use crate::decide::policy::Answer;
 use crate::decide::units::{CHECK_CRASH_LOOP, CHECK_UNIT_FAILED};
 use crate::units::{UnitPattern, UnitRule, UnitRules};
+use crate::watch::disks::DiskWatchSettings;
 use crate::watch::units::UnitWatchSettings;
 
 /// Where the packaged unit points the agent.
@@ -69,6 +73,9 @@ pub struct Config {
     /// The watch rules, compiled once by validation.
     #[serde(skip)]
     rules: UnitRules,
+    /// The disk thresholds, merged with the defaults by validation.
+    #[serde(skip)]
+    disk_rules: DiskRules,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +114,9 @@ pub struct AgentConfig {
     /// How long SIGTERM waits for a runbook in flight before recording it as interrupted.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often the watched disks are sampled.
+    #[serde(default = "default_disk_interval", with = "humantime_serde")]
+    pub disk_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -117,6 +127,7 @@ impl Default for AgentConfig {
             hostname: None,
             reconcile_interval: default_reconcile(),
             shutdown_grace: default_shutdown_grace(),
+            disk_interval: default_disk_interval(),
         }
     }
 }
@@ -130,20 +141,113 @@ fn default_reconcile() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_disk_interval() -> Duration {
+    Duration::from_secs(10)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchConfig {
     #[serde(default = "default_units")]
     pub units: Vec<UnitRuleConfig>,
+    /// The watched mounts; absent: every real mount, with the default thresholds.
+    #[serde(default)]
+    pub disks: Option<Vec<DiskRuleConfig>>,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
             units: default_units(),
+            disks: None,
         }
     }
+}
+
+/// One watched mount; every threshold left out takes its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRuleConfig {
+    /// The mount point, e.g. `/` or `/var/lib/postgresql`.
+    pub path: String,
+    pub warn_above: Option<f64>,
+    pub warn_clear: Option<f64>,
+    pub critical_above: Option<f64>,
+    pub critical_clear: Option<f64>,
+    pub inodes_warn_above: Option<f64>,
+    pub inodes_warn_clear: Option<f64>,
+    pub inodes_critical_above: Option<f64>,
+    pub inodes_critical_clear: Option<f64>,
+    /// How long a level must hold before it fires.
+    #[serde(default, with = "humantime_serde")]
+    pub hold: Option<Duration>,
+    /// `disk_fill_rate` stays quiet below this used ratio.
+    pub fill_floor: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub fill_warn_within: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub fill_critical_within: Option<Duration>,
+}
+
+/// A ratio's four thresholds with their keys, merged with the defaults and
+/// checked: 0 < clear < level <= 1 and warning <= critical. An error names the
+/// key the file set (the one of the pair that is out of order).
+fn merge_levels(
+    key: &str,
+    prefix: &str,
+    set: [Option<f64>; 4],
+    default: Levels,
+) -> Result<Levels, (String, String)> {
+    let names = [
+        "warn_above",
+        "warn_clear",
+        "critical_above",
+        "critical_clear",
+    ];
+    let defaults = [
+        default.warn_above,
+        default.warn_clear,
+        default.critical_above,
+        default.critical_clear,
+    ];
+    let v: Vec<f64> = (0..4).map(|i| set[i].unwrap_or(defaults[i])).collect();
+    let k = |i: usize| format!("{key}.{prefix}{}", names[i]);
+    for (i, x) in v.iter().enumerate() {
+        if !(*x > 0.0 && *x <= 1.0) {
+            return Err((k(i), format!("{x} is not a ratio in (0, 1] (0.9 is 90 %)")));
+        }
+    }
+    // (lower, higher): lower must be below higher
+    for (lo, hi) in [(1, 0), (3, 2), (0, 2)] {
+        let ok = if lo == 0 {
+            v[lo] <= v[hi]
+        } else {
+            v[lo] < v[hi]
+        };
+        if !ok {
+            // blame the key the file set; the later one if both were
+            let (blame, other) = if set[hi].is_some() && set[lo].is_none() {
+                (hi, lo)
+            } else {
+                (lo, hi)
+            };
+            let rel = if blame == lo { "below" } else { "above" };
+            let strict = if lo == 0 { "" } else { "strictly " };
+            return Err((
+                k(blame),
+                format!(
+                    "{} must be {strict}{rel} {}{} ({})",
+                    v[blame], prefix, names[other], v[other]
+                ),
+            ));
+        }
+    }
+    Ok(Levels {
+        warn_above: v[0],
+        warn_clear: v[1],
+        critical_above: v[2],
+        critical_clear: v[3],
+    })
 }
 
 /// The embedded default: every unit is watched, none is remediated.
@@ -286,6 +390,10 @@ const DEFAULT_ANSWERS: &[(&str, &str)] = &[
     (CHECK_UNIT_FAILED, act::service_restart::RUNBOOK_ID),
     // systemd is already restarting it; another restart would not help.
     (CHECK_CRASH_LOOP, "escalate"),
+    // No disk runbook yet: the incident is recorded.
+    (CHECK_DISK_SPACE, "none"),
+    (CHECK_DISK_INODES, "none"),
+    (CHECK_DISK_FILL_RATE, "none"),
 ];
 
 impl Config {
@@ -319,7 +427,93 @@ impl Config {
         config.rules = config
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
+        config.disk_rules = config
+            .validate_disks()
+            .map_err(|(key, message)| invalid(&key, message))?;
         Ok(config)
+    }
+
+    /// Checks `[[watch.disks]]`; the thresholds of each mount, merged with the defaults.
+    fn validate_disks(&self) -> Result<DiskRules, (String, String)> {
+        let mut rules = DiskRules::default();
+        let d = DiskThresholds::default();
+        for (i, m) in self.watch.disks.iter().flatten().enumerate() {
+            let key = format!("watch.disks[{i}]");
+            let p = &m.path;
+            if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains("//") {
+                return Err((
+                    format!("{key}.path"),
+                    format!("`{p}` is not a mount point such as / or /var/lib/postgresql"),
+                ));
+            }
+            if rules.mounts.contains_key(p) {
+                return Err((format!("{key}.path"), format!("`{p}` is listed twice")));
+            }
+            let space = merge_levels(
+                &key,
+                "",
+                [
+                    m.warn_above,
+                    m.warn_clear,
+                    m.critical_above,
+                    m.critical_clear,
+                ],
+                d.space,
+            )?;
+            let inodes = merge_levels(
+                &key,
+                "inodes_",
+                [
+                    m.inodes_warn_above,
+                    m.inodes_warn_clear,
+                    m.inodes_critical_above,
+                    m.inodes_critical_clear,
+                ],
+                d.inodes,
+            )?;
+            let fill_floor = m.fill_floor.unwrap_or(d.fill_floor);
+            if !(0.0..1.0).contains(&fill_floor) {
+                return Err((
+                    format!("{key}.fill_floor"),
+                    format!("{fill_floor} is not a ratio in [0, 1) (0.5 is 50 %)"),
+                ));
+            }
+            let warn = m.fill_warn_within.unwrap_or(d.fill_warn_within);
+            let crit = m.fill_critical_within.unwrap_or(d.fill_critical_within);
+            if crit.is_zero() {
+                return Err((
+                    format!("{key}.fill_critical_within"),
+                    "must be longer than 0s".into(),
+                ));
+            }
+            if crit >= warn {
+                let blame = if m.fill_warn_within.is_some() && m.fill_critical_within.is_none() {
+                    "fill_warn_within"
+                } else {
+                    "fill_critical_within"
+                };
+                return Err((
+                    format!("{key}.{blame}"),
+                    format!(
+                        "fill_critical_within ({}) must be shorter than fill_warn_within ({})",
+                        humantime::format_duration(crit),
+                        humantime::format_duration(warn)
+                    ),
+                ));
+            }
+            rules.mounts.insert(
+                p.clone(),
+                DiskThresholds {
+                    space,
+                    inodes,
+                    hold: m.hold.unwrap_or(d.hold),
+                    fill_floor,
+                    fill_warn_within: warn,
+                    fill_critical_within: crit,
+                },
+            );
+        }
+        Ok(rules)
     }
 
     /// Checks every section; the error is (full key path, message).
@@ -365,6 +559,7 @@ impl Config {
                 "incidents.crash_loop_window",
             ),
             (self.agent.reconcile_interval, "agent.reconcile_interval"),
+            (self.agent.disk_interval, "agent.disk_interval"),
         ];
         for (value, key) in nonzero {
             if value.is_zero() {
@@ -467,6 +662,7 @@ impl Config {
             },
             crash_loop_restarts: self.incidents.crash_loop_restarts,
             crash_loop_window: self.incidents.crash_loop_window,
+            disks: self.disk_rules.clone(),
             answers: self.answers(),
             limits,
         }
@@ -477,6 +673,18 @@ impl Config {
         UnitWatchSettings {
             rules: self.rules.clone(),
             reconcile: self.agent.reconcile_interval,
+        }
+    }
+
+    /// The disks source's settings.
+    pub fn disk_watch(&self) -> DiskWatchSettings {
+        DiskWatchSettings {
+            interval: self.agent.disk_interval,
+            mounts: self
+                .watch
+                .disks
+                .as_ref()
+                .map(|d| d.iter().map(|m| m.path.clone()).collect()),
         }
     }
 
@@ -694,6 +902,117 @@ global_per_hour = 7
         let text =
             "[[watch.units]]\npattern = \"a.service\"\n\n[[watch.units]]\npattern = \"b/c\"\n";
         check_err(text, &["config.toml:5", "watch.units[1].pattern"]);
+    }
+
+    #[test]
+    fn disks_are_all_real_mounts_unless_listed() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        let w = c.disk_watch();
+        assert_eq!(w.interval, Duration::from_secs(10));
+        assert_eq!(w.mounts, None, "absent: every real mount");
+        assert_eq!(c.agent_settings().disks, DiskRules::default());
+        for check in ["disk_space", "disk_inodes", "disk_fill_rate"] {
+            assert_eq!(c.answers()[check], Answer::Nothing, "{check} records only");
+        }
+        let text = "[agent]\ndisk_interval = \"30s\"\n\n[[watch.disks]]\npath = \"/\"\n\n[[watch.disks]]\npath = \"/var/lib/postgresql\"\nwarn_above = 0.8\nwarn_clear = 0.7\nhold = \"5m\"\nfill_floor = 0.2\nfill_critical_within = \"4h\"\n";
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        let w = c.disk_watch();
+        assert_eq!(w.interval, Duration::from_secs(30));
+        assert_eq!(
+            w.mounts,
+            Some(vec!["/".to_string(), "/var/lib/postgresql".to_string()])
+        );
+        let rules = c.agent_settings().disks;
+        let pg = rules.for_mount("/var/lib/postgresql");
+        assert_eq!(pg.space.warn_above, 0.8);
+        assert_eq!(pg.space.critical_above, 0.98);
+        assert_eq!(pg.hold, Duration::from_secs(300));
+        assert_eq!(pg.fill_critical_within, Duration::from_secs(4 * 3600));
+        assert_eq!(rules.for_mount("/"), &DiskThresholds::default());
+        let c = Config::parse("[watch]\ndisks = []\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.disk_watch().mounts, Some(vec![]), "no disk watched");
+    }
+
+    #[test]
+    fn disk_errors_name_the_entry_and_key() {
+        let two = "[[watch.disks]]\npath = \"/\"\n\n[[watch.disks]]\npath = \"/srv\"\n";
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                format!("{two}warn_above = 1.5\n"),
+                vec!["config.toml:6", "watch.disks[1].warn_above", "not a ratio"],
+            ),
+            (
+                format!("{two}warn_above = 0\n"),
+                vec!["config.toml:6", "watch.disks[1].warn_above"],
+            ),
+            (
+                format!("{two}warn_clear = 0.95\n"),
+                vec![
+                    "config.toml:6",
+                    "watch.disks[1].warn_clear",
+                    "below warn_above (0.9)",
+                ],
+            ),
+            (
+                format!("{two}critical_above = 0.85\n"),
+                vec![
+                    "watch.disks[1].critical_above",
+                    "above critical_clear (0.9)",
+                ],
+            ),
+            (
+                format!("{two}critical_above = 0.95\ncritical_clear = 0.85\nwarn_above = 0.96\n"),
+                vec![
+                    "config.toml:8",
+                    "watch.disks[1].warn_above",
+                    "below critical_above (0.95)",
+                ],
+            ),
+            (
+                format!("{two}inodes_critical_clear = 0.99\n"),
+                vec![
+                    "config.toml:6",
+                    "watch.disks[1].inodes_critical_clear",
+                    "below inodes_critical_above",
+                ],
+            ),
+            (
+                format!("{two}fill_floor = 1\n"),
+                vec!["config.toml:6", "watch.disks[1].fill_floor"],
+            ),
+            (
+                format!("{two}fill_warn_within = \"1h\"\n"),
+                vec![
+                    "config.toml:6",
+                    "watch.disks[1].fill_warn_within",
+                    "shorter than",
+                ],
+            ),
+            (format!("{two}hold = \"soon\"\n"), vec!["line 6", "hold"]),
+            (
+                format!("{two}wran_above = 0.9\n"),
+                vec!["line 6", "wran_above"],
+            ),
+            (
+                "[[watch.disks]]\npath = \"var\"\n".to_string(),
+                vec!["config.toml:2", "watch.disks[0].path", "not a mount point"],
+            ),
+            (
+                "[[watch.disks]]\npath = \"/srv/\"\n".to_string(),
+                vec!["watch.disks[0].path"],
+            ),
+            (
+                format!("{two}\n[[watch.disks]]\npath = \"/srv\"\n"),
+                vec!["config.toml:8", "watch.disks[2].path", "listed twice"],
+            ),
+            (
+                "[agent]\ndisk_interval = \"0s\"\n".to_string(),
+                vec!["config.toml:2", "agent.disk_interval", "longer than 0s"],
+            ),
+        ];
+        for (text, expected) in &cases {
+            check_err(text, expected);
+        }
     }
 
     #[test]

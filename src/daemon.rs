@@ -34,6 +34,7 @@ use crate::prove::{Evidence, S3Config, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
 use crate::store::{self, AgentStatus, Batch, Store, StoreError};
 use crate::watch::Checkpoint;
+use crate::watch::disks::{DiskEvent, DiskWatchSettings, DiskWatcher};
 use crate::watch::units::{UnitEvent, UnitWatchSettings, UnitWatcher};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -53,6 +54,7 @@ struct RuntimeSettings {
     shutdown_grace: Duration,
     flap_window: Duration,
     units: UnitWatchSettings,
+    disks: DiskWatchSettings,
     s3: Option<S3Config>,
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -100,6 +102,7 @@ impl Daemon {
                 shutdown_grace: config.agent.shutdown_grace,
                 flap_window: config.incidents.flap_window,
                 units: config.unit_watch(),
+                disks: config.disk_watch(),
                 s3: config.evidence.s3.clone(),
                 metrics_addr: config.metrics_addr(),
             },
@@ -144,6 +147,10 @@ impl Daemon {
         let (units_tx, mut units_rx) = mpsc::channel(4096);
         tracker.spawn(
             UnitWatcher::new(self.settings.units.clone(), units_tx).run(sources_cancel.clone()),
+        );
+        let (disks_tx, mut disks_rx) = mpsc::channel(16);
+        tracker.spawn(
+            DiskWatcher::new(self.settings.disks.clone(), disks_tx).run(sources_cancel.clone()),
         );
         // Evidence: the sealer drains the outbox into signed bundles; the uploader
         // drains the spool into the bucket. They stop last, after runs are recorded.
@@ -205,6 +212,11 @@ impl Daemon {
                         break;
                     }
                 },
+                // The disks source ends early only when no disk is watched.
+                Some(ev) = disks_rx.recv() => {
+                    self.on_disks_event(&ev);
+                    Some((Input::Disks(ev), None))
+                }
                 Some(run) = run_rx.recv() => {
                     self.cancels.remove(&run.run_id);
                     Some((Input::RunFinished(run), None))
@@ -350,6 +362,12 @@ impl Daemon {
             }
             UnitEvent::Unit(_) => {}
         }
+    }
+
+    /// The disk metrics of a round of samples.
+    fn on_disks_event(&mut self, ev: &DiskEvent) {
+        self.metrics.set_disks(&ev.disks);
+        self.metrics.disk_read_errors.inc_by(ev.errors);
     }
 
     /// Reads the silences again when another process (the CLI) wrote to the database.

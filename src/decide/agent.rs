@@ -16,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::checks::Check;
-use super::incident::{Edge, Engine, EngineConfig, OpenIncident, chrono_dur};
+use super::disks::{DiskCheck, DiskRules, is_disk_check};
+use super::incident::{Condition, Edge, Engine, EngineConfig, OpenIncident, chrono_dur};
 use super::limits::{History, Limits, Silence, active_silence};
 use super::policy::{self, Answer, Decision, Situation};
 use super::units::{CrashLoop, UnitFailed, is_unit_check};
@@ -24,6 +25,7 @@ use crate::events::{
     IncidentState, IncidentTransition, RateLimitDecision, RunOutcome, RunbookRun, StepRecord,
 };
 use crate::units::UnitRules;
+use crate::watch::disks::{DiskEvent, DiskObservation};
 use crate::watch::units::{UnitEvent, UnitObservation};
 
 /// What the core is handed at construction: its own settings, not the whole config.
@@ -34,6 +36,8 @@ pub struct AgentSettings {
     pub engine: EngineConfig,
     pub crash_loop_restarts: u32,
     pub crash_loop_window: Duration,
+    /// The disk checks' thresholds, per mount.
+    pub disks: DiskRules,
     /// Which answer each check gets (`[remediation]`); a check not named gets nothing.
     pub answers: HashMap<String, Answer>,
     /// Each known runbook's limits, by runbook ID.
@@ -66,6 +70,8 @@ pub enum Input {
     /// The first input: the state a previous process left.
     Recovered(Recovered),
     Units(UnitEvent),
+    /// One round of disk samples.
+    Disks(DiskEvent),
     /// A runbook run came back (or was interrupted by the stop).
     RunFinished(RunbookRun),
     /// The silences in force (the CLI adds them to SQLite beside the daemon).
@@ -146,6 +152,10 @@ pub struct Agent {
     s: AgentSettings,
     engine: Engine,
     unit_checks: Vec<Box<dyn Check<UnitObservation>>>,
+    disk_checks: Vec<Box<dyn Check<DiskObservation>>>,
+    /// The level last reported for each open disk incident (its severity is
+    /// that of its opening; a change of level is a journal line).
+    disk_levels: HashMap<String, String>,
     /// Runs in flight, by run ID.
     in_flight: HashMap<String, RunbookRun>,
     /// Incidents whose next run may not start before an instant, with the
@@ -173,9 +183,17 @@ impl Agent {
                 s.crash_loop_window,
             )),
         ];
+        // The checks on disks; a new check on disks is one line here.
+        let disk_checks: Vec<Box<dyn Check<DiskObservation>>> = vec![
+            Box::new(DiskCheck::space(s.disks.clone())),
+            Box::new(DiskCheck::inodes(s.disks.clone())),
+            Box::new(DiskCheck::fill_rate(s.disks.clone())),
+        ];
         Agent {
             engine: Engine::new(s.engine.clone()),
             unit_checks,
+            disk_checks,
+            disk_levels: HashMap::new(),
             in_flight: HashMap::new(),
             deferred: HashMap::new(),
             suppression_recorded: HashSet::new(),
@@ -212,6 +230,7 @@ impl Agent {
             }
             Input::Units(UnitEvent::Tracking { units }) => self.watched_units = units,
             Input::Units(UnitEvent::Disconnected { .. }) => self.units_ready = false,
+            Input::Disks(ev) => self.on_disks(ev, now, &mut fx),
             Input::RunFinished(run) => self.on_run_finished(run, now, &mut fx),
             Input::Silences(s) => self.silences = s,
             Input::Tick => self.on_tick(now, &mut fx),
@@ -242,7 +261,11 @@ impl Agent {
     /// The next instant at which time alone could change a decision.
     pub fn next_deadline(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let engine = self.engine.next_deadline(|inc| self.busy(inc));
-        let checks = self.unit_checks.iter().filter_map(|c| c.next_deadline());
+        let checks = self
+            .unit_checks
+            .iter()
+            .filter_map(|c| c.next_deadline())
+            .chain(self.disk_checks.iter().filter_map(|c| c.next_deadline()));
         let deferred = self
             .deferred
             .values()
@@ -367,6 +390,70 @@ impl Agent {
         }
     }
 
+    fn on_disks(&mut self, ev: DiskEvent, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
+        let mut conds = Vec::new();
+        for obs in &ev.disks {
+            for check in &mut self.disk_checks {
+                conds.extend(check.observe(obs));
+            }
+        }
+        let mut targets: Vec<String> = conds.iter().map(|c| c.target.clone()).collect();
+        self.observe_disk_conditions(conds, fx);
+        targets.sort();
+        targets.dedup();
+        let ids: Vec<String> = self
+            .engine
+            .open_incidents()
+            .filter(|i| is_disk_check(&i.check) && targets.contains(&i.target))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            self.consider(&id, now, fx);
+        }
+    }
+
+    /// Feeds disk conditions to the engine; a level that changes under an open
+    /// incident is said in the journal (the incident keeps its first severity).
+    fn observe_disk_conditions(&mut self, conds: Vec<Condition>, fx: &mut Vec<Effect>) {
+        let mut transitions = Vec::new();
+        for cond in conds {
+            let ids = &mut self.ids;
+            let (check, target, failing, level) = (
+                cond.check.clone(),
+                cond.target.clone(),
+                cond.failing,
+                cond.severity.clone(),
+            );
+            let reason = cond.reason.clone();
+            transitions.extend(self.engine.observe(cond, &mut || ids.incident()));
+            if !failing {
+                continue;
+            }
+            if let Some(inc) = self.engine.open_incident(&check, &target) {
+                let last = self
+                    .disk_levels
+                    .entry(inc.id.clone())
+                    .or_insert_with(|| inc.severity.clone());
+                if *last != level {
+                    fx.push(Effect::Note(Note {
+                        level: Level::Warn,
+                        incident_id: Some(inc.id.clone()),
+                        target: Some(target.clone()),
+                        runbook: None,
+                        message: format!(
+                            "{check} on {target} is {level} now (the incident opened as {}): {reason}",
+                            inc.severity
+                        ),
+                    }));
+                    *last = level;
+                }
+            }
+        }
+        for t in transitions {
+            self.record_transition(t, None, fx);
+        }
+    }
+
     fn on_run_finished(&mut self, run: RunbookRun, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
         self.in_flight.remove(&run.run_id);
         let took = run
@@ -416,6 +503,11 @@ impl Agent {
         for t in transitions {
             self.record_transition(t, None, fx);
         }
+        let mut disk_conds = Vec::new();
+        for check in &mut self.disk_checks {
+            disk_conds.extend(check.tick(now));
+        }
+        self.observe_disk_conditions(disk_conds, fx);
         self.consider_all(now, fx);
     }
 
@@ -606,6 +698,7 @@ impl Agent {
         if t.to == IncidentState::Resolved {
             self.deferred.remove(&t.incident_id);
             self.suppression_recorded.remove(&t.incident_id);
+            self.disk_levels.remove(&t.incident_id);
         }
         fx.push(Effect::Record(Record::Transition {
             transition: t,
@@ -661,6 +754,7 @@ mod tests {
     use super::*;
     use crate::bus::UnitProperties;
     use crate::units::{UnitPattern, UnitRule};
+    use crate::watch::disks::DiskObservation;
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
@@ -695,6 +789,7 @@ mod tests {
                 },
                 crash_loop_restarts: 3,
                 crash_loop_window: Duration::from_secs(300),
+                disks: DiskRules::default(),
                 answers: [
                     (
                         "unit_failed".to_string(),
@@ -962,6 +1057,76 @@ mod tests {
             ["end R1 interrupted"]
         );
         assert_eq!(a.runs_in_flight(), 0);
+    }
+
+    /// A round of samples of `/`, at `secs`.
+    fn disks(secs: i64, used_ratio: f64) -> Input {
+        let used = (used_ratio * 1e9) as u64;
+        let at = t(secs * 1000);
+        Input::Disks(DiskEvent {
+            at,
+            disks: vec![DiskObservation {
+                mount: "/".into(),
+                device: "8:1".into(),
+                fs_type: "ext4".into(),
+                source: "/dev/sda1".into(),
+                used_bytes: used,
+                available_bytes: 1_000_000_000 - used,
+                used_ratio,
+                inodes_used: None,
+                inodes_available: None,
+                inodes_used_ratio: None,
+                fill_rate_bytes_per_second: None,
+                seconds_to_full: None,
+                seen_at: at,
+            }],
+            errors: 0,
+        })
+    }
+
+    fn notes(fx: &[Effect]) -> Vec<String> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Note(n) => Some(n.message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_disk_is_recorded_not_remediated() {
+        let mut a = agent(true);
+        a.step(connected(), t(0));
+        assert!(words(&a.step(disks(0, 0.95), t(0))).is_empty());
+        assert_eq!(a.next_deadline(t(0)), Some(t(60_000)), "the hold ends");
+        let fx = a.step(Input::Tick, t(60_000));
+        assert_eq!(words(&fx), ["INC-1:none->firing", "edges 1"]);
+        if let Effect::Record(Record::Transition { transition, .. }) = &fx[0] {
+            assert_eq!(transition.check, "disk_space");
+            assert_eq!(transition.target, "/");
+            assert_eq!(transition.severity, "warning");
+        }
+        assert_eq!(
+            a.next_deadline(t(60_000)),
+            None,
+            "idle until the next sample"
+        );
+        // critical: the same incident, said in the journal once
+        a.step(disks(70, 0.99), t(70_000));
+        let fx = a.step(Input::Tick, t(130_000));
+        assert!(
+            words(&fx).is_empty(),
+            "no run, no new incident: {:?}",
+            words(&fx)
+        );
+        assert!(notes(&fx)[0].contains("is critical now (the incident opened as warning)"));
+        assert!(notes(&a.step(disks(140, 0.99), t(140_000))).is_empty());
+        // freed: resolves after the resolve hold
+        assert_eq!(words(&a.step(disks(150, 0.5), t(150_000))), ["edges 1"]);
+        assert_eq!(
+            words(&a.step(Input::Tick, t(160_000))),
+            ["INC-1:firing->resolved"]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod checks;
+pub mod disks;
 pub mod incident;
 pub mod limits;
 pub mod policy;

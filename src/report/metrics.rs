@@ -42,6 +42,11 @@ pub struct RunbookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountLabel {
+    pub mount: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -62,6 +67,12 @@ pub struct Metrics {
     pub evidence_uploaded: Counter,
     pub evidence_upload_failures: Counter,
     pub build_info: Family<VersionLabel, Gauge<f64, AtomicU64>>,
+    pub disk_used_ratio: Family<MountLabel, Gauge<f64, AtomicU64>>,
+    pub disk_inodes_used_ratio: Family<MountLabel, Gauge<f64, AtomicU64>>,
+    pub disk_seconds_to_full: Family<MountLabel, Gauge<f64, AtomicU64>>,
+    pub disk_read_errors: Counter,
+    /// The mounts of the last round, whose series are removed when they vanish.
+    disk_mounts: std::sync::Mutex<Vec<String>>,
 }
 
 impl Metrics {
@@ -154,7 +165,36 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1.0);
+        let disk_used_ratio = Family::<MountLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "disk_used_ratio",
+            "Used space of a watched mount: used / (used + available to unprivileged users)",
+            disk_used_ratio.clone(),
+        );
+        let disk_inodes_used_ratio = Family::<MountLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "disk_inodes_used_ratio",
+            "Used inodes of a watched mount, where the file system has inodes",
+            disk_inodes_used_ratio.clone(),
+        );
+        let disk_seconds_to_full = Family::<MountLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "disk_seconds_to_full",
+            "Predicted seconds until a watched mount is full at the last hour's fill rate, while it grows",
+            disk_seconds_to_full.clone(),
+        );
+        let disk_read_errors = Counter::default();
+        registry.register(
+            "disk_read_errors",
+            "Mountinfo lines, vanished mounts and statvfs calls that failed",
+            disk_read_errors.clone(),
+        );
         Arc::new(Metrics {
+            disk_used_ratio,
+            disk_inodes_used_ratio,
+            disk_seconds_to_full,
+            disk_read_errors,
+            disk_mounts: std::sync::Mutex::new(Vec::new()),
             registry,
             incidents_opened,
             incidents_open,
@@ -180,6 +220,46 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
+    }
+
+    /// Sets the disk gauges from a round of samples; a mount absent from it
+    /// loses its series, and so does a time to full that cannot be predicted.
+    pub fn set_disks(&self, disks: &[crate::watch::disks::DiskObservation]) {
+        let mut known = self.disk_mounts.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known
+            .iter()
+            .filter(|m| !disks.iter().any(|d| &d.mount == *m))
+        {
+            let l = MountLabel {
+                mount: gone.clone(),
+            };
+            self.disk_used_ratio.remove(&l);
+            self.disk_inodes_used_ratio.remove(&l);
+            self.disk_seconds_to_full.remove(&l);
+        }
+        for d in disks {
+            let l = MountLabel {
+                mount: d.mount.clone(),
+            };
+            self.disk_used_ratio.get_or_create(&l).set(d.used_ratio);
+            match d.inodes_used_ratio {
+                Some(r) => {
+                    self.disk_inodes_used_ratio.get_or_create(&l).set(r);
+                }
+                None => {
+                    self.disk_inodes_used_ratio.remove(&l);
+                }
+            }
+            match d.seconds_to_full {
+                Some(s) => {
+                    self.disk_seconds_to_full.get_or_create(&l).set(s);
+                }
+                None => {
+                    self.disk_seconds_to_full.remove(&l);
+                }
+            }
+        }
+        *known = disks.iter().map(|d| d.mount.clone()).collect();
     }
 
     /// Sets the open-incident gauges from a full count (every state present).

@@ -8,6 +8,7 @@
 //! Adding a source: its module here, a variant of `decide::agent::Input`, and
 //! one line in the runtime that spawns its task.
 
+pub mod disks;
 pub mod units;
 
 /// How far a source has delivered, to be made durable with its effects.
