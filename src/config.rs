@@ -187,6 +187,30 @@ pub struct DiskRuleConfig {
     pub fill_warn_within: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub fill_critical_within: Option<Duration>,
+    /// RB-DISK-001 may free space on this mount (through its helper unit).
+    #[serde(default)]
+    pub remediate: bool,
+    /// What the helper may delete on this mount, besides journal vacuum and tmpfiles.
+    #[serde(default)]
+    pub clean: Vec<CleanConfig>,
+}
+
+/// One `[[watch.disks.clean]]`: old files below a directory of the mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanConfig {
+    /// A directory on the mount, e.g. `/srv/data/cache`.
+    pub path: String,
+    /// Which file names, e.g. `*.log` (default: all).
+    #[serde(default = "default_clean_glob")]
+    pub glob: String,
+    /// Only files not modified for this long.
+    #[serde(with = "humantime_serde")]
+    pub older_than: Duration,
+}
+
+fn default_clean_glob() -> String {
+    "*".to_string()
 }
 
 /// A ratio's four thresholds with their keys, merged with the defaults and
@@ -321,6 +345,100 @@ fn default_crash_loop_window() -> Duration {
 pub struct RunbooksConfig {
     #[serde(default)]
     pub service_restart: ServiceRestartConfig,
+    #[serde(default)]
+    pub free_disk: FreeDiskConfig,
+}
+
+/// `[runbooks.free_disk]`: RB-DISK-001's steps, timeouts and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeDiskConfig {
+    /// The helper's whole run.
+    #[serde(default = "default_free_disk_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Each step of it.
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub step_timeout: Duration,
+    /// `journalctl --vacuum-size=`, e.g. `500M`; `""` leaves the journal alone.
+    #[serde(default = "default_vacuum_size")]
+    pub journal_vacuum_size: String,
+    /// `journalctl --vacuum-time=` as well, e.g. `30d`.
+    #[serde(default, with = "humantime_serde")]
+    pub journal_vacuum_time: Option<Duration>,
+    /// `systemd-tmpfiles --clean` when /tmp or /var/tmp is on the mount.
+    #[serde(default = "default_true")]
+    pub tmpfiles_clean: bool,
+    /// `nix-collect-garbage --delete-older-than` (whole days) when /nix/store is on the mount.
+    #[serde(default, with = "humantime_serde")]
+    pub nix_gc_older_than: Option<Duration>,
+    #[serde(default = "default_free_disk_max_runs")]
+    pub max_runs: u32,
+    #[serde(default = "default_free_disk_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_free_disk_min_interval", with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for FreeDiskConfig {
+    fn default() -> Self {
+        FreeDiskConfig {
+            timeout: default_free_disk_timeout(),
+            step_timeout: default_step_timeout(),
+            journal_vacuum_size: default_vacuum_size(),
+            journal_vacuum_time: None,
+            tmpfiles_clean: true,
+            nix_gc_older_than: None,
+            max_runs: default_free_disk_max_runs(),
+            window: default_free_disk_window(),
+            min_interval: default_free_disk_min_interval(),
+        }
+    }
+}
+
+fn default_free_disk_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(2 * 60)
+}
+fn default_vacuum_size() -> String {
+    "500M".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_free_disk_max_runs() -> u32 {
+    1
+}
+fn default_free_disk_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_free_disk_min_interval() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+/// A size as journalctl reads it: digits and an optional K, M, G, T, P or E.
+fn is_journal_size(s: &str) -> bool {
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'T', 'P', 'E']);
+    !digits.is_empty()
+        && s.len() - digits.len() <= 1
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+}
+
+/// An absolute path with no empty, `.` or `..` component and no trailing slash.
+fn is_plain_absolute(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && !p.ends_with('/')
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// Whether `path` is `mount` or below it.
+fn is_within(path: &str, mount: &str) -> bool {
+    mount == "/" || path == mount || path.strip_prefix(mount).is_some_and(|r| r.starts_with('/'))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -390,9 +508,10 @@ const DEFAULT_ANSWERS: &[(&str, &str)] = &[
     (CHECK_UNIT_FAILED, act::service_restart::RUNBOOK_ID),
     // systemd is already restarting it; another restart would not help.
     (CHECK_CRASH_LOOP, "escalate"),
-    // No disk runbook yet: the incident is recorded.
-    (CHECK_DISK_SPACE, "none"),
-    (CHECK_DISK_INODES, "none"),
+    // On a mount with `remediate = true`; elsewhere the incident is recorded.
+    (CHECK_DISK_SPACE, act::free_disk::RUNBOOK_ID),
+    (CHECK_DISK_INODES, act::free_disk::RUNBOOK_ID),
+    // A prediction: nothing is deleted before the disk is actually full.
     (CHECK_DISK_FILL_RATE, "none"),
 ];
 
@@ -440,7 +559,7 @@ impl Config {
         for (i, m) in self.watch.disks.iter().flatten().enumerate() {
             let key = format!("watch.disks[{i}]");
             let p = &m.path;
-            if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains("//") {
+            if !is_plain_absolute(p) {
                 return Err((
                     format!("{key}.path"),
                     format!("`{p}` is not a mount point such as / or /var/lib/postgresql"),
@@ -501,6 +620,45 @@ impl Config {
                     ),
                 ));
             }
+            if !m.clean.is_empty() && !m.remediate {
+                return Err((
+                    format!("{key}.clean"),
+                    "is set but `remediate` is not true: nothing would ever be cleaned".into(),
+                ));
+            }
+            for (j, c) in m.clean.iter().enumerate() {
+                let ckey = format!("{key}.clean[{j}]");
+                if !is_plain_absolute(&c.path) {
+                    return Err((
+                        format!("{ckey}.path"),
+                        format!(
+                            "`{}` is not an absolute path without `.`, `..` or `//`",
+                            c.path
+                        ),
+                    ));
+                }
+                if !is_within(&c.path, p) {
+                    return Err((
+                        format!("{ckey}.path"),
+                        format!("`{}` is outside the mount {p}", c.path),
+                    ));
+                }
+                if c.glob.is_empty() || c.glob.contains('/') {
+                    return Err((
+                        format!("{ckey}.glob"),
+                        format!("`{}` is not a file-name glob such as *.log", c.glob),
+                    ));
+                }
+                if let Err(e) = glob::Pattern::new(&c.glob) {
+                    return Err((format!("{ckey}.glob"), format!("`{}`: {e}", c.glob)));
+                }
+                if c.older_than.is_zero() {
+                    return Err((
+                        format!("{ckey}.older_than"),
+                        "must be longer than 0s".into(),
+                    ));
+                }
+            }
             rules.mounts.insert(
                 p.clone(),
                 DiskThresholds {
@@ -510,8 +668,79 @@ impl Config {
                     fill_floor,
                     fill_warn_within: warn,
                     fill_critical_within: crit,
+                    remediate: m.remediate,
                 },
             );
+        }
+        // RB-SERVICE-001 must not be able to start the helper: only RB-DISK-001 does.
+        let mut helpers: Vec<String> = vec![
+            crate::units::free_disk_unit("/"),
+            crate::units::free_disk_unit("/srv/data"),
+        ];
+        helpers.extend(rules.mounts.keys().map(|m| crate::units::free_disk_unit(m)));
+        for (i, u) in self.watch.units.iter().enumerate() {
+            if !u.remediate {
+                continue;
+            }
+            let Ok(pattern) = UnitPattern::new(&u.pattern) else {
+                continue;
+            };
+            if let Some(h) = helpers.iter().find(|h| pattern.matches(h)) {
+                return Err((
+                    format!("watch.units[{i}].pattern"),
+                    format!(
+                        "`{}` with remediate = true would let RB-SERVICE-001 restart {h}, the free-disk helper; only RB-DISK-001 starts it",
+                        u.pattern
+                    ),
+                ));
+            }
+        }
+        let fd = &self.runbooks.free_disk;
+        let k = |name: &str| format!("runbooks.free_disk.{name}");
+        for (v, name) in [
+            (fd.timeout, "timeout"),
+            (fd.step_timeout, "step_timeout"),
+            (fd.window, "window"),
+        ] {
+            if v.is_zero() {
+                return Err((k(name), "must be longer than 0s".into()));
+            }
+        }
+        if fd.step_timeout > fd.timeout {
+            return Err((
+                k("step_timeout"),
+                format!(
+                    "{} is longer than the whole run's timeout ({})",
+                    humantime::format_duration(fd.step_timeout),
+                    humantime::format_duration(fd.timeout)
+                ),
+            ));
+        }
+        if fd.max_runs == 0 {
+            return Err((k("max_runs"), "must be at least 1".into()));
+        }
+        if !fd.journal_vacuum_size.is_empty() && !is_journal_size(&fd.journal_vacuum_size) {
+            return Err((
+                k("journal_vacuum_size"),
+                format!(
+                    "`{}` is not a size such as 500M or 2G (\"\" leaves the journal alone)",
+                    fd.journal_vacuum_size
+                ),
+            ));
+        }
+        if fd.journal_vacuum_time.is_some_and(|t| t.as_secs() == 0) {
+            return Err((k("journal_vacuum_time"), "must be at least 1s".into()));
+        }
+        if let Some(t) = fd.nix_gc_older_than
+            && (t.as_secs() == 0 || t.as_secs() % 86_400 != 0)
+        {
+            return Err((
+                k("nix_gc_older_than"),
+                format!(
+                    "{} is not a whole number of days (nix-collect-garbage takes days, e.g. 14d)",
+                    humantime::format_duration(t)
+                ),
+            ));
         }
         Ok(rules)
     }
@@ -643,15 +872,27 @@ impl Config {
     /// The agent core's settings.
     pub fn agent_settings(&self) -> AgentSettings {
         let sr = &self.runbooks.service_restart;
-        let limits = HashMap::from([(
-            act::service_restart::RUNBOOK_ID.to_string(),
-            Limits {
-                max_runs: sr.max_runs,
-                window: sr.window,
-                min_interval: sr.min_interval,
-                global_per_hour: self.limits.global_per_hour,
-            },
-        )]);
+        let fd = &self.runbooks.free_disk;
+        let limits = HashMap::from([
+            (
+                act::service_restart::RUNBOOK_ID.to_string(),
+                Limits {
+                    max_runs: sr.max_runs,
+                    window: sr.window,
+                    min_interval: sr.min_interval,
+                    global_per_hour: self.limits.global_per_hour,
+                },
+            ),
+            (
+                act::free_disk::RUNBOOK_ID.to_string(),
+                Limits {
+                    max_runs: fd.max_runs,
+                    window: fd.window,
+                    min_interval: fd.min_interval,
+                    global_per_hour: self.limits.global_per_hour,
+                },
+            ),
+        ]);
         AgentSettings {
             dry_run: self.agent.dry_run,
             rules: self.rules.clone(),
@@ -691,10 +932,99 @@ impl Config {
     /// Every runbook with its settings.
     pub fn registry(&self) -> act::Registry {
         let sr = &self.runbooks.service_restart;
-        act::Registry::new([Runbook::ServiceRestart(act::service_restart::Params {
-            job_timeout: sr.job_timeout,
-            settle: sr.settle,
-        })])
+        let mounts = self
+            .disk_rules
+            .mounts
+            .iter()
+            .filter(|(_, t)| t.remediate)
+            .map(|(m, t)| {
+                (
+                    m.clone(),
+                    act::free_disk::Target {
+                        unit: crate::units::free_disk_unit(m),
+                        instance: crate::units::escape_path(m),
+                        space_clear: t.space.warn_clear,
+                        space_above: t.space.warn_above,
+                        inodes_clear: t.inodes.warn_clear,
+                        inodes_above: t.inodes.warn_above,
+                    },
+                )
+            })
+            .collect();
+        act::Registry::new([
+            Runbook::ServiceRestart(act::service_restart::Params {
+                job_timeout: sr.job_timeout,
+                settle: sr.settle,
+            }),
+            Runbook::FreeDisk(act::free_disk::Params {
+                timeout: self.runbooks.free_disk.timeout,
+                mounts,
+            }),
+        ])
+    }
+
+    /// The helper units the agent may restart: one per mount with `remediate = true`.
+    pub fn free_disk_units(&self) -> Vec<String> {
+        let mut units: Vec<String> = self
+            .watch
+            .disks
+            .iter()
+            .flatten()
+            .filter(|m| m.remediate)
+            .map(|m| crate::units::free_disk_unit(&m.path))
+            .collect();
+        units.sort();
+        units
+    }
+
+    /// What the helper does for the unit instance `instance` (`systemd-escape
+    /// --path` of a mount with `remediate = true`).
+    pub fn free_disk_plan(&self, instance: &str) -> Result<act::free_disk::helper::Plan, String> {
+        let remediable: Vec<&DiskRuleConfig> = self
+            .watch
+            .disks
+            .iter()
+            .flatten()
+            .filter(|m| m.remediate)
+            .collect();
+        let Some(m) = remediable
+            .iter()
+            .find(|m| crate::units::escape_path(&m.path) == instance)
+        else {
+            let known: Vec<String> = remediable
+                .iter()
+                .map(|m| format!("{} ({})", crate::units::escape_path(&m.path), m.path))
+                .collect();
+            return Err(format!(
+                "no [[watch.disks]] entry with remediate = true has the instance `{instance}` (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let fd = &self.runbooks.free_disk;
+        Ok(act::free_disk::helper::Plan {
+            mount: PathBuf::from(&m.path),
+            instance: instance.to_string(),
+            timeout: fd.timeout,
+            step_timeout: fd.step_timeout,
+            journal_vacuum_size: (!fd.journal_vacuum_size.is_empty())
+                .then(|| fd.journal_vacuum_size.clone()),
+            journal_vacuum_time: fd.journal_vacuum_time,
+            tmpfiles_clean: fd.tmpfiles_clean,
+            nix_gc_older_than_days: fd.nix_gc_older_than.map(|t| t.as_secs() / 86_400),
+            clean: m
+                .clean
+                .iter()
+                .map(|c| act::free_disk::helper::CleanRule {
+                    path: PathBuf::from(&c.path),
+                    glob: c.glob.clone(),
+                    older_than: c.older_than,
+                })
+                .collect(),
+        })
     }
 
     pub fn hostname(&self) -> String {
@@ -905,15 +1235,122 @@ global_per_hour = 7
     }
 
     #[test]
+    fn free_disk_plans_come_from_the_remediable_entries() {
+        let text = "[[watch.disks]]\npath = \"/srv/data\"\nremediate = true\n\n\
+            [[watch.disks.clean]]\npath = \"/srv/data/cache\"\nolder_than = \"30m\"\n\n\
+            [[watch.disks.clean]]\npath = \"/srv/data/logs\"\nglob = \"*.log\"\nolder_than = \"7d\"\n\n\
+            [[watch.disks]]\npath = \"/\"\n\n\
+            [runbooks.free_disk]\njournal_vacuum_size = \"\"\nnix_gc_older_than = \"14d\"\ntimeout = \"5m\"\n";
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.free_disk_units(),
+            ["msp-agent-free-disk@srv-data.service"]
+        );
+        let p = c.free_disk_plan("srv-data").unwrap();
+        assert_eq!(p.mount, PathBuf::from("/srv/data"));
+        assert_eq!(p.timeout, Duration::from_secs(300));
+        assert_eq!(p.step_timeout, Duration::from_secs(120));
+        assert_eq!(p.journal_vacuum_size, None);
+        assert_eq!(p.nix_gc_older_than_days, Some(14));
+        assert!(p.tmpfiles_clean);
+        assert_eq!(p.clean.len(), 2);
+        assert_eq!(p.clean[0].glob, "*");
+        assert_eq!(p.clean[1].older_than, Duration::from_secs(7 * 86_400));
+        let e = c.free_disk_plan("-").unwrap_err();
+        assert!(
+            e.contains("`-`") && e.contains("srv-data (/srv/data)"),
+            "{e}"
+        );
+        let s = c.agent_settings();
+        assert!(s.disks.for_mount("/srv/data").remediate);
+        assert!(!s.disks.for_mount("/").remediate);
+        assert_eq!(s.limits["RB-DISK-001"].max_runs, 1);
+        assert_eq!(s.limits["RB-DISK-001"].window, Duration::from_secs(3600));
+        assert!(c.registry().get("RB-DISK-001").is_some());
+    }
+
+    #[test]
+    fn free_disk_errors_name_the_entry_and_key() {
+        let disk =
+            "[[watch.disks]]\npath = \"/srv/data\"\nremediate = true\n\n[[watch.disks.clean]]\n";
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                format!("{disk}path = \"/srv/other\"\nolder_than = \"1h\"\n"),
+                vec!["config.toml:6", "watch.disks[0].clean[0].path", "outside the mount"],
+            ),
+            (
+                format!("{disk}path = \"/srv/data/../etc\"\nolder_than = \"1h\"\n"),
+                vec!["watch.disks[0].clean[0].path", "`..`"],
+            ),
+            (
+                format!("{disk}path = \"/srv/database\"\nolder_than = \"1h\"\n"),
+                vec!["watch.disks[0].clean[0].path", "outside the mount"],
+            ),
+            (
+                format!("{disk}path = \"/srv/data/c\"\nglob = \"a/b\"\nolder_than = \"1h\"\n"),
+                vec!["config.toml:7", "watch.disks[0].clean[0].glob"],
+            ),
+            (
+                format!("{disk}path = \"/srv/data/c\"\nolder_than = \"0s\"\n"),
+                vec!["watch.disks[0].clean[0].older_than"],
+            ),
+            (
+                "[[watch.disks]]\npath = \"/srv\"\n\n[[watch.disks.clean]]\npath = \"/srv/c\"\nolder_than = \"1h\"\n".into(),
+                vec!["config.toml:4", "watch.disks[0].clean", "remediate"],
+            ),
+            (
+                "[runbooks.free_disk]\njournal_vacuum_size = \"lots\"\n".into(),
+                vec!["config.toml:2", "runbooks.free_disk.journal_vacuum_size"],
+            ),
+            (
+                "[runbooks.free_disk]\nnix_gc_older_than = \"36h\"\n".into(),
+                vec!["runbooks.free_disk.nix_gc_older_than", "whole number of days"],
+            ),
+            (
+                "[runbooks.free_disk]\ntimeout = \"1m\"\nstep_timeout = \"2m\"\n".into(),
+                vec!["config.toml:3", "runbooks.free_disk.step_timeout"],
+            ),
+            (
+                "[runbooks.free_disk]\nmax_runs = 0\n".into(),
+                vec!["runbooks.free_disk.max_runs"],
+            ),
+            (
+                "[[watch.units]]\npattern = \"msp-agent*\"\nremediate = true\n".into(),
+                vec!["config.toml:2", "watch.units[0].pattern", "free-disk helper"],
+            ),
+            (
+                "[[watch.disks]]\npath = \"/srv/./data\"\n".into(),
+                vec!["watch.disks[0].path", "not a mount point"],
+            ),
+        ];
+        for (text, want) in cases {
+            check_err(&text, &want);
+        }
+        for size in ["500M", "2G", "1024", ""] {
+            let text = format!("[runbooks.free_disk]\njournal_vacuum_size = \"{size}\"\n");
+            assert!(Config::parse(&text, Path::new("x.toml")).is_ok(), "{size}");
+        }
+    }
+
+    #[test]
     fn disks_are_all_real_mounts_unless_listed() {
         let c = Config::parse("", Path::new("x.toml")).unwrap();
         let w = c.disk_watch();
         assert_eq!(w.interval, Duration::from_secs(10));
         assert_eq!(w.mounts, None, "absent: every real mount");
         assert_eq!(c.agent_settings().disks, DiskRules::default());
-        for check in ["disk_space", "disk_inodes", "disk_fill_rate"] {
-            assert_eq!(c.answers()[check], Answer::Nothing, "{check} records only");
+        for check in ["disk_space", "disk_inodes"] {
+            assert_eq!(
+                c.answers()[check],
+                Answer::Runbook("RB-DISK-001".into()),
+                "{check}: freed where remediate = true"
+            );
         }
+        assert_eq!(c.answers()["disk_fill_rate"], Answer::Nothing);
+        assert!(
+            c.free_disk_units().is_empty(),
+            "no mount may be freed by default"
+        );
         let text = "[agent]\ndisk_interval = \"30s\"\n\n[[watch.disks]]\npath = \"/\"\n\n[[watch.disks]]\npath = \"/var/lib/postgresql\"\nwarn_above = 0.8\nwarn_clear = 0.7\nhold = \"5m\"\nfill_floor = 0.2\nfill_critical_within = \"4h\"\n";
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         let w = c.disk_watch();

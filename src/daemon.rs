@@ -588,7 +588,11 @@ impl Daemon {
         if let Some(f) = run.finished_at
             && matches!(
                 run.outcome,
-                RunOutcome::Success | RunOutcome::Failed | RunOutcome::Interrupted
+                RunOutcome::Success
+                    | RunOutcome::Failed
+                    | RunOutcome::Interrupted
+                    | RunOutcome::Partial
+                    | RunOutcome::Timeout
             )
         {
             self.metrics

@@ -135,6 +135,11 @@ pub enum RunOutcome {
     Suppressed,
     /// The agent stopped (or died) while the run was in flight.
     Interrupted,
+    /// Every step ran, but the problem is still there (the disk is still
+    /// above its threshold): a person must look, at once.
+    Partial,
+    /// The action did not end within its timeout.
+    Timeout,
 }
 
 impl RunOutcome {
@@ -146,6 +151,8 @@ impl RunOutcome {
             RunOutcome::RateLimited => "rate_limited",
             RunOutcome::Suppressed => "suppressed",
             RunOutcome::Interrupted => "interrupted",
+            RunOutcome::Partial => "partial",
+            RunOutcome::Timeout => "timeout",
         }
     }
 }
@@ -156,7 +163,7 @@ pub struct StepRecord {
     pub name: String,
     pub started_at: DateTime<Utc>,
     pub duration_ms: u64,
-    /// `ok`, `failed`, `skipped` or `would_run`.
+    /// `ok`, `failed`, `timeout`, `skipped` or `would_run`.
     pub result: String,
     /// Step specifics: job path and result, invocation ID, journal cursor, figures.
     pub detail: serde_json::Value,

@@ -35,6 +35,14 @@ enum Command {
     },
     /// Check a configuration file and exit.
     CheckConfig { file: PathBuf },
+    /// Free disk space on one configured mount (RB-DISK-001's privileged half;
+    /// run by systemd as msp-agent-free-disk@<mount>.service).
+    FreeDisk {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The unit's instance: `systemd-escape --path` of the mount.
+        instance: String,
+    },
     /// The agent's state and its open incidents.
     Status {
         #[arg(long, short)]
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
+        Command::FreeDisk { config, instance } => return free_disk(&config, &instance),
         Command::Status { config, json } => {
             with_config(config.as_deref(), |c| cli::status(&c.db_path(), json))
         }
@@ -158,6 +167,42 @@ fn main() -> ExitCode {
             eprintln!("msp-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit code of `free-disk` for an instance that names no remediable mount.
+const EXIT_USAGE: u8 = 2;
+
+fn free_disk(config: &Path, instance: &str) -> ExitCode {
+    let plan = match Config::load(config) {
+        Ok(c) => match c.free_disk_plan(instance) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("msp-agent free-disk: {}: {e}", config.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        Err(e) => {
+            eprintln!("msp-agent free-disk: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread().enable_all()) else {
+        return ExitCode::FAILURE;
+    };
+    let report = rt.block_on(msp_agent::act::free_disk::helper::run(&plan));
+    let line = msp_agent::act::free_disk::helper::summary(&report);
+    match msp_agent::act::free_disk::helper::write_report(&report) {
+        Ok(path) => println!("{line}; result in {}", path.display()),
+        Err(e) => {
+            eprintln!("msp-agent free-disk: {line}; cannot write the result: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if msp_agent::act::free_disk::helper::all_ok(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,5 +1,6 @@
 //! The polkit rule that lets the agent's unprivileged user start and restart
-//! exactly the units its configuration may remediate, and nothing else.
+//! exactly the units its configuration may remediate, and the free-disk helper
+//! instances of the mounts with `remediate = true`, and nothing else.
 
 use crate::config::Config;
 use crate::units::is_glob;
@@ -10,6 +11,12 @@ pub fn rule(config: &Config, user: &str, source: &str) -> String {
         .remediable_patterns()
         .iter()
         .map(|p| format!("/{}/", glob_to_regex(p)))
+        .chain(
+            config
+                .free_disk_units()
+                .iter()
+                .map(|u| format!("/^{}$/", escape(u))),
+        )
         .collect();
     patterns.sort();
     patterns.dedup();
@@ -117,5 +124,24 @@ mod tests {
         assert!(r.contains(r"/^demo.*\.service$/"));
         assert!(!r.contains("sshd"));
         assert!(r.contains(r#"subject.user != "msp-agent""#));
+        assert!(!r.contains("free-disk"), "no remediable mount, no helper");
+    }
+
+    #[test]
+    fn rule_names_the_helper_of_each_remediable_mount_only() {
+        let config = Config::parse(
+            "[[watch.disks]]\npath = \"/srv/data\"\nremediate = true\n\
+             [[watch.disks]]\npath = \"/\"\nremediate = true\n\
+             [[watch.disks]]\npath = \"/var/lib/my-db\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap();
+        let r = rule(&config, "msp-agent", "c.toml");
+        assert!(
+            r.contains(r"/^msp\-agent\-free\-disk@srv\-data\.service$/"),
+            "{r}"
+        );
+        assert!(r.contains(r"/^msp\-agent\-free\-disk@\-\.service$/"), "{r}");
+        assert!(!r.contains("my"), "not remediable: {r}");
     }
 }

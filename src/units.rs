@@ -58,6 +58,37 @@ pub fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '['])
 }
 
+/// The template of RB-DISK-001's privileged helper.
+pub const FREE_DISK_TEMPLATE: &str = "msp-agent-free-disk@";
+
+/// A path as `systemd-escape --path` writes it (the `%i` of a unit whose `%f`
+/// is the path): slashes at either end dropped, `/` becomes `-`, `/` alone is
+/// `-`; bytes other than ASCII letters, digits, `:`, `_` and `.` (and a leading
+/// `.`) become `\xNN`.
+pub fn escape_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.is_empty() {
+        return "-".to_string();
+    }
+    let joined = parts.join("/");
+    let mut out = String::with_capacity(joined.len());
+    for (i, b) in joined.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// The helper unit that frees disk space on `mount`, e.g.
+/// `msp-agent-free-disk@srv-data.service` for `/srv/data`.
+pub fn free_disk_unit(mount: &str) -> String {
+    format!("{FREE_DISK_TEMPLATE}{}.service", escape_path(mount))
+}
+
 /// One `[[watch.units]]` entry, compiled.
 #[derive(Debug, Clone)]
 pub struct UnitRule {
@@ -157,6 +188,28 @@ mod tests {
             UnitPattern::new("[.service")
                 .unwrap_err()
                 .contains("not a valid glob")
+        );
+    }
+
+    /// The same as `systemd-escape --path` prints (checked against systemd 252).
+    #[test]
+    fn paths_escape_as_systemd_does() {
+        let cases = [
+            ("/", "-"),
+            ("/srv/data", "srv-data"),
+            ("/srv/data/", "srv-data"),
+            ("//srv//data", "srv-data"),
+            ("/var/lib/my-db", "var-lib-my\\x2ddb"),
+            ("/.hidden/x.y", "\\x2ehidden-x.y"),
+            ("/a b", "a\\x20b"),
+            ("/mnt/ü", "mnt-\\xc3\\xbc"),
+        ];
+        for (path, escaped) in cases {
+            assert_eq!(escape_path(path), escaped, "{path}");
+        }
+        assert_eq!(
+            free_disk_unit("/srv/data"),
+            "msp-agent-free-disk@srv-data.service"
         );
     }
 

@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use zbus::zvariant::OwnedObjectPath;
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::{StepTimer, journal_cursor};
+use super::{JobError, StepTimer, journal_cursor, restart_and_wait};
 use crate::bus::{connect, read_unit, unit_path};
 use crate::events::{RunOutcome, StepRecord};
 
@@ -49,7 +48,7 @@ pub async fn run(
     let timer = StepTimer::start("restart_unit");
     let restart = tokio::select! {
         _ = cancel.cancelled() => Err("interrupted: the agent is stopping".to_string()),
-        r = restart_and_wait(unit, p.job_timeout) => r,
+        r = restart(unit, p.job_timeout) => r,
     };
     match restart {
         Ok(detail) => {
@@ -105,43 +104,14 @@ pub async fn run(
     }
 }
 
-async fn restart_and_wait(unit: &str, timeout: Duration) -> Result<serde_json::Value, String> {
-    let conn = connect().await.map_err(|e| format!("system bus: {e}"))?;
-    let manager = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
-    let mut removed = manager
-        .receive_job_removed()
-        .await
-        .map_err(|e| e.to_string())?;
-    manager.subscribe().await.map_err(|e| e.to_string())?;
-    let job = manager
-        .restart_unit(unit.to_string(), "replace".to_string())
-        .await
-        .map_err(|e| format!("RestartUnit {unit}: {e}"))?;
-    let wait = async {
-        while let Some(sig) = removed.next().await {
-            if let Ok(args) = sig.args()
-                && *args.job() == job
-            {
-                return Some((args.id, args.result().to_string()));
-            }
-        }
-        None
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(Some((id, result))) => Ok(json!({
-            "method": "org.freedesktop.systemd1.Manager.RestartUnit",
-            "unit": unit,
-            "mode": "replace",
-            "job": job.as_str(),
-            "job_id": id,
-            "job_result": result,
-        })),
-        Ok(None) => Err(format!("the bus closed before job {} ended", job.as_str())),
-        Err(_) => Err(format!(
-            "job {} did not end within {}s",
-            job.as_str(),
+async fn restart(unit: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+    match restart_and_wait(unit, timeout).await {
+        Ok(end) => Ok(end.detail(unit)),
+        Err(JobError::Timeout { job }) => Err(format!(
+            "job {job} did not end within {}s",
             timeout.as_secs()
         )),
+        Err(JobError::Other(e)) => Err(e),
     }
 }
 

@@ -484,7 +484,29 @@ impl Agent {
             ),
         };
         fx.push(note(level, Some(&run), message));
+        let escalate = (run.outcome == RunOutcome::Partial).then(|| {
+            (
+                run.incident_id.clone(),
+                format!(
+                    "{} on {} ran every step and the problem is still there: a person must look",
+                    run.runbook, run.target
+                ),
+            )
+        });
         fx.push(Effect::Record(Record::RunFinished(run)));
+        // Another run of the same steps would free nothing more.
+        if let Some((id, reason)) = escalate
+            && let Some(t) = self.engine.escalate(&id, now, &reason)
+        {
+            fx.push(Effect::Note(Note {
+                level: Level::Warn,
+                incident_id: Some(t.incident_id.clone()),
+                target: Some(t.target.clone()),
+                runbook: None,
+                message: reason,
+            }));
+            self.record_transition(t, None, fx);
+        }
         // The hold the run kept may have ended; the incident may need the next decision.
         self.on_tick(now, fx);
     }
@@ -559,7 +581,13 @@ impl Agent {
             return;
         };
         let answer = self.answer(&inc.check);
-        let remediable = !is_unit_check(&inc.check) || self.s.rules.may_remediate(&inc.target);
+        let remediable = if is_unit_check(&inc.check) {
+            self.s.rules.may_remediate(&inc.target)
+        } else if is_disk_check(&inc.check) {
+            self.s.disks.for_mount(&inc.target).remediate
+        } else {
+            true
+        };
         let situation = Situation {
             incident: &inc,
             failing: self.engine.is_failing(&inc.check, &inc.target),
@@ -1126,6 +1154,99 @@ mod tests {
         assert_eq!(
             words(&a.step(Input::Tick, t(160_000))),
             ["INC-1:firing->resolved"]
+        );
+    }
+
+    /// An agent whose `/` may be freed by RB-DISK-001 (one run an hour).
+    fn disk_agent() -> Agent {
+        let mut a = agent(false);
+        let mut s = a.s.clone();
+        s.disks.default.remediate = true;
+        s.answers
+            .insert("disk_space".into(), Answer::Runbook("RB-DISK-001".into()));
+        s.limits.insert(
+            "RB-DISK-001".into(),
+            Limits {
+                max_runs: 1,
+                window: Duration::from_secs(3600),
+                min_interval: Duration::from_secs(600),
+                global_per_hour: 20,
+            },
+        );
+        a = Agent::new(s, Box::new(Counter(0, 0)));
+        a.step(Input::Recovered(Recovered::default()), t(0));
+        a.step(connected(), t(0));
+        a
+    }
+
+    #[test]
+    fn a_full_remediable_disk_is_freed_and_resolves_from_the_samples() {
+        let mut a = disk_agent();
+        a.step(disks(0, 0.95), t(0));
+        let fx = a.step(Input::Tick, t(60_000));
+        assert_eq!(
+            words(&fx),
+            [
+                "INC-1:none->firing",
+                "begin R1",
+                "start RB-DISK-001 /",
+                "edges 1"
+            ]
+        );
+        // no resolution while the run is in flight, even once the disk is freed
+        a.step(disks(61, 0.5), t(61_000));
+        assert!(words(&a.step(Input::Tick, t(75_000))).is_empty());
+        // once the run is back, the samples (below warn_clear for the resolve hold) resolve it
+        let fx = a.step(finished(&a, 76_000, RunOutcome::Success), t(76_000));
+        assert_eq!(words(&fx), ["end R1 success", "INC-1:firing->resolved"]);
+    }
+
+    #[test]
+    fn a_partial_run_escalates_at_once_and_is_not_repeated() {
+        let mut a = disk_agent();
+        a.step(disks(0, 0.95), t(0));
+        a.step(Input::Tick, t(60_000));
+        let fx = a.step(finished(&a, 70_000, RunOutcome::Partial), t(70_000));
+        assert_eq!(words(&fx), ["end R1 partial", "INC-1:firing->needs_human"]);
+        assert!(notes(&fx).iter().any(|n| n.contains("a person must look")));
+        // later samples, still full: nothing more is started
+        for s in [80, 700, 1300] {
+            let fx = a.step(disks(s, 0.95), t(s * 1000));
+            assert!(words(&fx).iter().all(|w| !w.starts_with("start")), "{fx:?}");
+            let fx = a.step(Input::Tick, t(s * 1000 + 1));
+            assert!(words(&fx).iter().all(|w| !w.starts_with("start")), "{fx:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_disk_run_is_refused_a_second_time_within_the_window() {
+        let mut a = disk_agent();
+        a.step(disks(0, 0.95), t(0));
+        a.step(Input::Tick, t(60_000));
+        // not escalated as a partial is: the limits decide, and one run an hour is spent
+        let fx = a.step(finished(&a, 70_000, RunOutcome::Timeout), t(70_000));
+        assert_eq!(
+            words(&fx),
+            [
+                "end R1 timeout",
+                "end R2 rate_limited",
+                "INC-1:firing->needs_human"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mount_without_remediate_is_not_freed() {
+        let mut a = disk_agent();
+        let mut s = a.s.clone();
+        s.disks.default.remediate = false;
+        a = Agent::new(s, Box::new(Counter(0, 0)));
+        a.step(Input::Recovered(Recovered::default()), t(0));
+        a.step(connected(), t(0));
+        a.step(disks(0, 0.95), t(0));
+        assert_eq!(
+            words(&a.step(Input::Tick, t(60_000))),
+            ["INC-1:none->firing", "edges 1"]
         );
     }
 

@@ -62,6 +62,8 @@ pub struct DiskThresholds {
     pub fill_floor: f64,
     pub fill_warn_within: Duration,
     pub fill_critical_within: Duration,
+    /// RB-DISK-001 may free space on this mount (`remediate = true`).
+    pub remediate: bool,
 }
 
 impl Default for DiskThresholds {
@@ -73,6 +75,7 @@ impl Default for DiskThresholds {
             fill_floor: 0.5,
             fill_warn_within: Duration::from_secs(24 * 3600),
             fill_critical_within: Duration::from_secs(2 * 3600),
+            remediate: false,
         }
     }
 }

@@ -195,12 +195,12 @@ pub fn to_us(t: DateTime<Utc>) -> i64 {
 }
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[i]` takes the database from version `i` to `i + 1` (version 0 is an
 /// empty file). A new database runs them all, so it has exactly the schema an
 /// upgraded one has. Each is run inside the one transaction of [`migrate`].
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: the schema of the first release, unchanged (`IF NOT EXISTS`, as that
 /// release created it, so a file it left without its version row is adopted).
@@ -304,6 +304,32 @@ CREATE TABLE agent_status (
     status_json   TEXT NOT NULL,
     updated_at_us INTEGER NOT NULL
 );
+"#;
+
+/// Version 3: the run outcomes `partial` and `timeout` (RB-DISK-001). SQLite
+/// cannot change a CHECK in place: the table is copied into one with the new CHECK.
+const V3: &str = r#"
+CREATE TABLE runbook_runs_v3 (
+    run_id          TEXT PRIMARY KEY,
+    incident_id     TEXT NOT NULL REFERENCES incidents (id),
+    runbook         TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    dry_run         INTEGER NOT NULL,
+    started_at_us   INTEGER NOT NULL,
+    finished_at_us  INTEGER,
+    outcome         TEXT NOT NULL CHECK (outcome IN
+        ('running','success','failed','dry_run','rate_limited','suppressed','interrupted',
+         'partial','timeout')),
+    steps_json      TEXT NOT NULL,
+    rate_limit_json TEXT NOT NULL
+);
+INSERT INTO runbook_runs_v3 (run_id, incident_id, runbook, target, dry_run, started_at_us,
+        finished_at_us, outcome, steps_json, rate_limit_json)
+    SELECT run_id, incident_id, runbook, target, dry_run, started_at_us,
+        finished_at_us, outcome, steps_json, rate_limit_json FROM runbook_runs;
+DROP TABLE runbook_runs;
+ALTER TABLE runbook_runs_v3 RENAME TO runbook_runs;
+CREATE INDEX runbook_runs_target ON runbook_runs (runbook, target, started_at_us);
 "#;
 
 /// The schema version recorded in the file: 0 when it has none yet.

@@ -10,7 +10,8 @@ use crate::events::{RunOutcome, RunbookRun};
 const TABLE: &str = "runbook_runs";
 
 /// Outcomes that used a run of the budget (a refusal did not).
-const COUNTED_OUTCOMES: &str = "outcome IN ('running','success','failed','dry_run','interrupted')";
+const COUNTED_OUTCOMES: &str =
+    "outcome IN ('running','success','failed','dry_run','interrupted','partial','timeout')";
 
 /// Every value the `outcome` column may hold.
 const OUTCOMES: &[&str] = &[
@@ -21,6 +22,8 @@ const OUTCOMES: &[&str] = &[
     "rate_limited",
     "suppressed",
     "interrupted",
+    "partial",
+    "timeout",
 ];
 
 /// A run as the CLI lists it under its incident.
@@ -146,7 +149,7 @@ impl Store {
     }
 
     /// Counted runs (outcomes `running`, `success`, `failed`, `dry_run`,
-    /// `interrupted`) started after `since`, oldest first.
+    /// `interrupted`, `partial`, `timeout`) started after `since`, oldest first.
     pub fn run_history(&self, since: DateTime<Utc>) -> Result<Vec<RunStartRow>> {
         let p = self.path.as_str();
         let sql = format!(

@@ -266,6 +266,8 @@ fn counted_outcomes_are_those_that_used_the_budget() {
         (RunOutcome::Failed, true),
         (RunOutcome::DryRun, true),
         (RunOutcome::Interrupted, true),
+        (RunOutcome::Partial, true),
+        (RunOutcome::Timeout, true),
         (RunOutcome::RateLimited, false),
         (RunOutcome::Suppressed, false),
     ];
