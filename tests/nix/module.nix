@@ -658,8 +658,11 @@ let
     )) [
       "agent"
       "watch.units"
+      "watch.disks"
+      "watch.disks.clean"
       "incidents"
       "runbooks.service_restart"
+      "runbooks.free_disk"
       "limits"
       "remediation"
       "metrics"
@@ -699,11 +702,52 @@ let
         kind = "list";
       }) null)).success
     ) true)
-    (check "sections: a table inside a tableArray is refused" (generatorThrows (
+    (check "sections: a tableArray inside a tableArray belongs to each entry" (settingsWith (
       futureSections
       ++ [
         (sections.mkSection {
           path = [ "watch" "disks" "inner" ];
+          kind = "tableArray";
+          description = "";
+          keys.age = sections.mkKey {
+            type = lib.types.str;
+            description = "";
+          };
+        })
+      ]
+    ) {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/srv";
+          inner = [
+            { age = "1d"; }
+            { other = 1; }
+          ];
+        }
+      ];
+    }) {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/srv";
+          inner = [
+            { age = "1d"; }
+            { other = 1; }
+          ];
+        }
+      ];
+    })
+    (check "sections: a table inside a map is refused" (generatorThrows (
+      futureSections
+      ++ [
+        (sections.mkSection {
+          path = [ "names" ];
+          kind = "map";
+          description = "";
+        })
+        (sections.mkSection {
+          path = [ "names" "inner" ];
           description = "";
         })
       ]
@@ -754,11 +798,44 @@ let
       "hostname"
       "reconcile_interval"
       "shutdown_grace"
+      "disk_interval"
     ]
     ++ map (k: "watch.units[].${k}") [
       "pattern"
       "remediate"
       "expect_active"
+    ]
+    ++ map (k: "watch.disks[].${k}") [
+      "path"
+      "remediate"
+      "warn_above"
+      "warn_clear"
+      "critical_above"
+      "critical_clear"
+      "inodes_warn_above"
+      "inodes_warn_clear"
+      "inodes_critical_above"
+      "inodes_critical_clear"
+      "hold"
+      "fill_floor"
+      "fill_warn_within"
+      "fill_critical_within"
+    ]
+    ++ map (k: "watch.disks[].clean[].${k}") [
+      "path"
+      "glob"
+      "older_than"
+    ]
+    ++ map (k: "runbooks.free_disk.${k}") [
+      "timeout"
+      "step_timeout"
+      "journal_vacuum_size"
+      "journal_vacuum_time"
+      "tmpfiles_clean"
+      "nix_gc_older_than"
+      "max_runs"
+      "window"
+      "min_interval"
     ]
     ++ map (k: "incidents.${k}") [
       "flap_window"
@@ -779,6 +856,9 @@ let
       "metrics.listen"
       "remediation.unit_failed"
       "remediation.crash_loop"
+      "remediation.disk_space"
+      "remediation.disk_inodes"
+      "remediation.disk_fill_rate"
     ]
     ++ map (k: "evidence.${k}") [
       "key_file"
