@@ -1128,9 +1128,9 @@ in
     (refused "removed option backups.restic.unlockStale, with the reason" {
       services.msp-agent.backups.restic.unlockStale = true;
     } "stale restic lock comes with the backup runbook")
-    (refused "removed options runbooks.freeDisk.*, with the reason" {
+    (refused "removed options runbooks.freeDisk.*, pointing to their settings" {
       services.msp-agent.runbooks.freeDisk.extraPaths = [ "/var/cache/app" ];
-    } "comes with the agent's disk runbook")
+    } "settings.watch.disks (remediate = true and the clean paths of each mount) and settings.runbooks.free_disk")
     (refused "polkit switched off" {
       security.polkit.enable = false;
     } "security.polkit.enable must stay true")
