@@ -136,6 +136,7 @@
             remediation = ./vm-tests/remediation.nix;
             backup = ./vm-tests/backup.nix;
             evidence = ./vm-tests/evidence.nix;
+            disk = ./vm-tests/disk.nix;
           };
           vmGroups = (import ./vm-tests/groups.nix { inherit lib; }).groupsIn ./vm-tests/scenarios;
           vmChecks = lib.mapAttrs' (
@@ -146,6 +147,11 @@
             distUnit =
               if builtins.pathExists ./dist/systemd/msp-agent.service then
                 builtins.readFile ./dist/systemd/msp-agent.service
+              else
+                null;
+            distFreeDiskUnit =
+              if builtins.pathExists (./dist/systemd + "/msp-agent-free-disk@.service") then
+                builtins.readFile (./dist/systemd + "/msp-agent-free-disk@.service")
               else
                 null;
           };

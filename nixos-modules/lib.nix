@@ -25,9 +25,97 @@ let
     "sshd.service"
     "nix-daemon.service"
   ];
+  # Printable ASCII from 0x20 on, in order: a character's index here plus 32
+  # is its code, for the \xNN escapes of systemd-escape.
+  printable = lib.stringToCharacters (
+    " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"
+  );
+  codeOf = lib.listToAttrs (lib.imap0 (i: c: lib.nameValuePair c (i + 32)) printable);
+  hex2 = n: lib.toLower (lib.fixedWidthString 2 "0" (lib.toHexString n));
+
+  # The units of the agent's durations (the humantime crate), in nanoseconds.
+  durationUnits =
+    let
+      each = names: ns: lib.genAttrs names (_: ns);
+      s = 1000000000;
+    in
+    each [ "nanos" "nsec" "ns" ] 1
+    // each [ "usec" "us" ] 1000
+    // each [ "millis" "msec" "ms" ] 1000000
+    // each [ "seconds" "second" "secs" "sec" "s" ] s
+    // each [ "minutes" "minute" "min" "mins" "m" ] (60 * s)
+    // each [ "hours" "hour" "hr" "hrs" "h" ] (3600 * s)
+    // each [ "days" "day" "d" ] (86400 * s)
+    // each [ "weeks" "week" "w" ] (604800 * s)
+    // each [ "months" "month" "M" ] (2630016 * s)
+    // each [ "years" "year" "y" ] (31557600 * s);
 in
 rec {
   inherit protectedUnits;
+
+  # The template of RB-DISK-001's privileged half, and one instance's name.
+  freeDiskTemplate = "msp-agent-free-disk@";
+  freeDiskUnit = mount: "${freeDiskTemplate}${escapePath mount}.service";
+
+  # Characters of a mount point that escapePath cannot write (anything but
+  # printable ASCII); the module refuses such a path with a message.
+  unprintableChars =
+    path: lib.unique (lib.filter (c: !(codeOf ? ${c})) (lib.stringToCharacters path));
+
+  # `systemd-escape --path` of a normalised absolute path (no "//", no "." or
+  # ".." component, no trailing "/"): "/" is "-", otherwise the leading and
+  # trailing slashes go, each "/" becomes "-", and every character other than
+  # [A-Za-z0-9:_.] (and a leading ".") becomes \xNN.
+  escapePath =
+    path:
+    let
+      inner = lib.removeSuffix "/" (lib.removePrefix "/" path);
+      chars = lib.stringToCharacters inner;
+      keep = c: builtins.match "[A-Za-z0-9:_.]" c != null;
+      esc =
+        c:
+        if !(codeOf ? ${c}) then
+          throw "msp-agent: cannot escape a character of the mount point \"${path}\" (only printable ASCII)"
+        else
+          "\\x${hex2 codeOf.${c}}";
+      one =
+        i: c:
+        if c == "/" then
+          "-"
+        else if c == "." && i == 0 then
+          esc c
+        else if keep c then
+          c
+        else
+          esc c;
+    in
+    if inner == "" then "-" else lib.concatStrings (lib.imap0 one chars);
+
+  # A duration as the agent reads it ("10m", "1h 30m", "90s") in whole
+  # seconds, rounded up.
+  durationSeconds =
+    text:
+    let
+      parts = lib.filter builtins.isList (builtins.split "([0-9]+) *([a-zA-Z]+)" text);
+      ns =
+        part:
+        let
+          unitName = lib.elemAt part 1;
+        in
+        if durationUnits ? ${unitName} then
+          lib.toInt (lib.elemAt part 0) * durationUnits.${unitName}
+        else
+          throw "msp-agent: unknown unit \"${unitName}\" in the duration \"${text}\"";
+      total = lib.foldl' (acc: p: acc + ns p) 0 parts;
+    in
+    if parts == [ ] then
+      throw "msp-agent: \"${text}\" is not a duration"
+    else
+      (total + 999999999) / 1000000000;
+
+  # Seconds as a systemd time span: whole minutes as "Nmin", else "Ns".
+  systemdSpan =
+    seconds: if lib.mod seconds 60 == 0 then "${toString (seconds / 60)}min" else "${toString seconds}s";
 
   isGlob = pattern: lib.any (c: lib.elem c [ "*" "?" "[" ]) (lib.stringToCharacters pattern);
 

@@ -5,9 +5,11 @@
 # What this module owns: the static service user, the config file rendered from
 # `settings` (RFC 42), the secrets (handed over as systemd credentials, never
 # written to the Nix store), the polkit rule that lets the agent's user start or
-# restart exactly the units its configuration remediates, and the sandbox
-# (./unit.nix, shared with the plain unit file in dist/systemd/). It discovers
-# services.restic.backups on its own and watches their units like any other.
+# restart exactly the units its configuration remediates, the sandbox
+# (./unit.nix, shared with the plain unit files in dist/systemd/), and the
+# root helper unit msp-agent-free-disk@.service of RB-DISK-001 when a watched
+# mount has remediate = true. It discovers services.restic.backups on its own
+# and watches their units like any other.
 # docs/nixos.md is the guide; docs/config.md the file format.
 #
 # The agent refuses unknown keys, so the module renders only tables the agent
@@ -94,6 +96,29 @@ let
   polkitNames = lib.unique (map (u: u.pattern) (lib.filter (u: !helpers.isGlob u.pattern) remediated));
   polkitPatterns = lib.unique (map (u: u.pattern) (lib.filter (u: helpers.isGlob u.pattern) remediated));
 
+  # RB-DISK-001: the mounts with remediate = true of the rendered
+  # [[watch.disks]], each freed by its instance of the helper template
+  # (systemd-escape --path of the mount). The helper unit, the polkit rule and
+  # the file all read this one list. A path the instance name cannot be made
+  # from is refused by an assertion of ./settings/watch-disks.nix.
+  watchDisks = if cfg.settings.watch.disks == null then [ ] else cfg.settings.watch.disks;
+  remediableDisks = lib.filter (
+    d: d.remediate && helpers.unprintableChars d.path == [ ]
+  ) watchDisks;
+  freeDiskUnits = lib.unique (map (d: helpers.freeDiskUnit d.path) remediableDisks);
+  freeDisk = cfg.settings.runbooks.free_disk;
+  # The helper bounds its own run by `timeout`; systemd stops it a minute later.
+  freeDiskTimeout = helpers.systemdSpan (
+    helpers.durationSeconds (if freeDisk.timeout == null then "10m" else freeDisk.timeout) + 60
+  );
+  nixGc = freeDisk.nix_gc_older_than != null;
+  # Names a glob is tried against to tell whether it reaches the helper.
+  helperSamples = [
+    (helpers.freeDiskUnit "/")
+    (helpers.freeDiskUnit "/srv/data")
+  ]
+  ++ freeDiskUnits;
+
   stateDir = cfg.settings.agent.state_dir;
   stateDirName = lib.removePrefix "/var/lib/" stateDir;
 
@@ -107,7 +132,7 @@ in
       "Clearing a stale restic lock comes with the backup runbook; today a failed backup unit is started again by RB-SERVICE-001."
     )
     (mkRemovedOptionModule [ "services" "msp-agent" "runbooks" "freeDisk" ]
-      "The free-disk helper unit comes with the agent's disk runbook, which does not exist yet."
+      "RB-DISK-001 is configured in the agent's file: settings.watch.disks (remediate = true and the clean paths of each mount) and settings.runbooks.free_disk (journal vacuum, tmpfiles, Nix garbage collection, timeouts, limits); the module makes the helper unit msp-agent-free-disk@.service from them."
     )
   ]
   ++ sections.modules settingsSections;
@@ -205,7 +230,12 @@ in
       u:
       let
         bad = helpers.invalidChars u.pattern;
-        reached = helpers.protectedMatches u.pattern;
+        isGlob = helpers.isGlob u.pattern;
+        reached =
+          helpers.protectedMatches u.pattern
+          ++ lib.optional (
+            isGlob && lib.any (helpers.globMatches u.pattern) helperSamples
+          ) "${helpers.freeDiskTemplate}*.service";
       in
       [
         {
@@ -219,6 +249,10 @@ in
         {
           assertion = !(u.remediate && u.pattern == unitName);
           message = "services.msp-agent.settings.watch.units: the agent cannot remediate its own unit (${unitName}); systemd restarts it (Restart=on-failure, WatchdogSec=).";
+        }
+        {
+          assertion = !(u.remediate && !isGlob && lib.hasPrefix helpers.freeDiskTemplate u.pattern);
+          message = "services.msp-agent.settings.watch.units: \"${u.pattern}\" is a free-disk helper unit, which only RB-DISK-001 starts; set remediate = true on the mount's entry in settings.watch.disks instead.";
         }
       ]
     ) watchUnits;
@@ -237,7 +271,7 @@ in
     security.polkit.enable = lib.mkDefault true;
     security.polkit.extraConfig = helpers.polkitRule {
       inherit user;
-      names = polkitNames;
+      names = polkitNames ++ freeDiskUnits;
       patterns = polkitPatterns;
     };
 
@@ -257,6 +291,39 @@ in
         // {
           ExecStart = "${cfg.package}/bin/msp-agent run --config ${configPath}";
           StateDirectory = stateDirName;
+        };
+    };
+
+    # RB-DISK-001's privileged half, one instance per mount with remediate =
+    # true (msp-agent-free-disk@srv-data.service frees /srv/data). Started only
+    # by the agent (polkit: restart of exactly those instances), never at boot
+    # or by a switch; it reads which paths to clean from the same file as the
+    # agent, root-owned in /etc.
+    systemd.services."${helpers.freeDiskTemplate}" = mkIf (freeDiskUnits != [ ]) {
+      description = "msp-agent: free disk space on %f (RB-DISK-001)";
+      after = [
+        "local-fs.target"
+        "systemd-journald.service"
+      ];
+      restartIfChanged = false;
+      # journalctl and systemd-tmpfiles; nix-collect-garbage for the Nix step.
+      path = [ config.systemd.package ] ++ lib.optional nixGc config.nix.package;
+      # Garbage collection goes through the Nix daemon, which owns the store.
+      environment = lib.optionalAttrs nixGc { NIX_REMOTE = "daemon"; };
+      serviceConfig =
+        unit.freeDisk.service
+        // unit.freeDisk.sandbox
+        // {
+          ExecStart = "${cfg.package}/bin/msp-agent free-disk --config ${configPath} %i";
+          TimeoutStartSec = freeDiskTimeout;
+          # The daemon's socket (AF_UNIX is allowed already) and the profiles
+          # whose old generations nix-collect-garbage deletes.
+          ReadWritePaths =
+            unit.freeDisk.sandbox.ReadWritePaths
+            ++ lib.optionals nixGc [
+              "-/nix/var/nix/daemon-socket"
+              "-/nix/var/nix/profiles"
+            ];
         };
     };
 

@@ -29,7 +29,9 @@
 #   "map"            [a.b] mapping free names to `valueType`, null until set.
 # Every table also takes keys it does not declare (freeformType), passed
 # through as written. A section's parents need no file of their own: [watch]
-# of [[watch.units]] is made as a plain table. A section may bring `module`, a
+# of [[watch.units]] is made as a plain table. A section below a "tableArray"
+# belongs to each of its entries: [[watch.disks.clean]] is the list `clean`
+# of every [[watch.disks]] entry. Only a "map" holds no sections. A section may bring `module`, a
 # NixOS module imported by msp-agent.nix (its own top-level options,
 # assertions, unit settings), and `derive`, a function of
 # config.services.msp-agent returning keys the module writes into the table
@@ -179,8 +181,6 @@ in
             }
             // withExample section
           )
-        else if children != { } then
-          throw "msp-agent settings section [${name}] (${section.kind}) cannot hold the tables ${lib.concatStringsSep ", " (lib.attrNames children)}"
         else if section.kind == "tableArray" then
           mkOption (
             {
@@ -191,13 +191,15 @@ in
                 + ". ${section.description}";
               type =
                 if section.default == null then
-                  types.nullOr (types.listOf (tableOf section.keys))
+                  types.nullOr (types.listOf (tableOf (section.keys // children)))
                 else
-                  types.listOf (tableOf section.keys);
+                  types.listOf (tableOf (section.keys // children));
             }
             // lib.optionalAttrs (section.defaultText != null) { inherit (section) defaultText; }
             // withExample section
           )
+        else if children != { } then
+          throw "msp-agent settings section [${name}] (${section.kind}) cannot hold the tables ${lib.concatStringsSep ", " (lib.attrNames children)}"
         else
           mkOption (
             {

@@ -7,6 +7,10 @@
 # any key listed here. ExecStart, LoadCredential and the paths differ by design
 # and are set by the module only.
 #
+# The same for RB-DISK-001's helper, msp-agent-free-disk@.service (`freeDisk`),
+# against dist/systemd/msp-agent-free-disk@.service; its ExecStart and
+# TimeoutStartSec= (from [runbooks.free_disk] timeout) are the module's.
+#
 # Values are written the way NixOS renders them: a list becomes one line per
 # element, a bool becomes true/false.
 {
@@ -82,5 +86,74 @@
     RemoveIPC = true;
     KeyringMode = "private";
     UMask = "0077";
+  };
+
+  # msp-agent-free-disk@<escaped mount>.service: frees the mount %f as root,
+  # started (restarted) by the agent over D-Bus, never at boot.
+  freeDisk = {
+    service = {
+      Type = "oneshot";
+      # Stays active (exited) after a run, so its InvocationID and Result are
+      # still there when the agent reads them; the agent restarts it each time.
+      RemainAfterExit = true;
+      # /run/msp-agent-free-disk/<instance>.json, the result the agent reads.
+      RuntimeDirectory = "msp-agent-free-disk";
+      RuntimeDirectoryMode = "0755";
+      RuntimeDirectoryPreserve = "yes";
+      # The helper's result is the one line the agent needs from the journal.
+      LogRateLimitIntervalSec = 0;
+    };
+
+    # Root without what it does not need: write access to the mount, the
+    # journal directory (vacuum) and the temporary directories
+    # (systemd-tmpfiles --clean), no network, three capabilities. The module
+    # adds the Nix daemon's socket and the profiles to ReadWritePaths when
+    # [runbooks.free_disk] nix_gc_older_than is set.
+    sandbox = {
+      ProtectSystem = "strict";
+      ReadWritePaths = [
+        "%f"
+        "-/var/log/journal"
+        "-/tmp"
+        "-/var/tmp"
+      ];
+      ProtectHome = "read-only";
+      PrivateTmp = false;
+      PrivateNetwork = true;
+      IPAddressDeny = "any";
+      PrivateDevices = true;
+      DevicePolicy = "closed";
+      NoNewPrivileges = true;
+      # Deleting files it does not own (DAC_OVERRIDE, FOWNER for sticky
+      # directories), reading any directory.
+      CapabilityBoundingSet = "CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER";
+      AmbientCapabilities = "";
+      ProtectKernelTunables = true;
+      ProtectKernelModules = true;
+      ProtectKernelLogs = true;
+      ProtectControlGroups = true;
+      ProtectClock = true;
+      ProtectHostname = true;
+      ProtectProc = "invisible";
+      ProcSubset = "pid";
+      # The journal and, for Nix garbage collection, the Nix daemon's socket.
+      RestrictAddressFamilies = "AF_UNIX";
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      MemoryDenyWriteExecute = true;
+      RemoveIPC = true;
+      KeyringMode = "private";
+      PrivateIPC = true;
+      PrivateMounts = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged @resources @mount"
+      ];
+      SystemCallErrorNumber = "EPERM";
+      UMask = "0022";
+    };
   };
 }

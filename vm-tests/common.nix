@@ -32,9 +32,17 @@ let
     bucket = "msp-evidence";
     port = 9000;
   };
+
+  # The mount the disk test fills: a size-limited tmpfs, as the bench gives
+  # its container from the host side.
+  disk = {
+    mount = "/srv/data";
+    cache = "/srv/data/cache";
+    sizeMiB = 64;
+  };
 in
 rec {
-  inherit s3;
+  inherit s3 disk;
 
   # `import scenarios` works once this directory is on sys.path.
   scenarioRoot = pkgs.linkFarm "msp-agent-scenarios" [
@@ -51,7 +59,7 @@ rec {
   # change here:
   #   backup            -> vm-backup (restic)
   #   evidence, s3, spool, tamper, verify -> vm-evidence (MinIO)
-  #   disk              -> not run in a VM yet
+  #   disk              -> vm-disk (a small mount RB-DISK-001 may free)
   #   anything else     -> vm-remediation
   preamble = ''
     import sys
@@ -167,6 +175,52 @@ rec {
           done
           mc mb --ignore-existing --with-lock local/${s3.bucket}
         '';
+      };
+    };
+
+  # A mount of its own for RB-DISK-001: /srv/data, a 64 MiB tmpfs, watched with
+  # remediate = true, low thresholds and short holds so a scenario takes
+  # seconds; the agent may clean files older than a day in /srv/data/cache.
+  # The module makes msp-agent-free-disk@srv-data.service and lets the agent
+  # restart exactly that instance.
+  diskAgent =
+    { ... }:
+    {
+      virtualisation.fileSystems.${disk.mount} = {
+        device = "tmpfs";
+        fsType = "tmpfs";
+        options = [
+          "size=${toString disk.sizeMiB}m"
+          "mode=0755"
+        ];
+      };
+      systemd.tmpfiles.rules = [ "d ${disk.cache} 0755 root root -" ];
+
+      services.msp-agent.settings = {
+        agent.disk_interval = "1s";
+        incidents.resolve_hold = "2s";
+        watch.disks = [
+          {
+            path = disk.mount;
+            remediate = true;
+            warn_above = 0.5;
+            warn_clear = 0.3;
+            critical_above = 0.8;
+            critical_clear = 0.4;
+            hold = "2s";
+            clean = [
+              {
+                path = disk.cache;
+                older_than = "1d";
+              }
+            ];
+          }
+        ];
+        runbooks.free_disk = {
+          timeout = "2m";
+          step_timeout = "30s";
+          min_interval = "1s";
+        };
       };
     };
 

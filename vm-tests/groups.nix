@@ -9,7 +9,8 @@
 #     construction;
 #   * vm-tests/common.nix hands the groups to the testScript, which runs the
 #     scenarios of its own group.
-# "disk" has no VM test yet: its scenarios run on the nspawn bench only.
+# "disk" is vm-disk (vm-tests/disk.nix), in `checks` once a scenario file
+# named for it (vm-tests/scenarios/disk_*.py) exists.
 { lib }:
 
 rec {

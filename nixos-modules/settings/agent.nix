@@ -41,6 +41,11 @@ mkSection {
       agentDefault = "30s";
       description = "How long SIGTERM waits for a runbook in flight";
     };
+    disk_interval = mkKey {
+      type = duration;
+      agentDefault = "10s";
+      description = "How often the watched mounts are sampled (statvfs)";
+    };
   };
 
   module =

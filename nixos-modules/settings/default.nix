@@ -4,8 +4,11 @@
 [
   ./agent.nix
   ./watch-units.nix
+  ./watch-disks.nix
+  ./watch-disks-clean.nix
   ./incidents.nix
   ./runbooks-service-restart.nix
+  ./runbooks-free-disk.nix
   ./limits.nix
   ./remediation.nix
   ./metrics.nix

@@ -145,6 +145,11 @@ if [ -f dist/systemd/msp-agent.service ]; then
 else
   skip "dist/systemd/msp-agent.service does not exist yet: nothing to compare with nixos-modules/unit.nix"
 fi
+if [ -f dist/systemd/msp-agent-free-disk@.service ]; then
+  eval_args+=(--arg distFreeDiskUnit "builtins.readFile ($root/dist/systemd + \"/msp-agent-free-disk@.service\")")
+else
+  skip "dist/systemd/msp-agent-free-disk@.service does not exist yet: nothing to compare with nixos-modules/unit.nix"
+fi
 
 nix_eval=${NIX_INSTANTIATE:-nix-instantiate}
 echo "# evaluating with $($nix_eval --version 2>/dev/null)"
@@ -163,7 +168,8 @@ with open(os.path.join(work, "results.tsv"), "w") as f:
     for r in out["results"]:
         f.write("%s\t%s\t%s\n" % ("ok" if r["ok"] else "FAIL", r["name"], "" if r["ok"] else r["detail"].replace("\n", "\\n")))
 for key, name in [("serviceUnit", "msp-agent.service"), ("polkitTest", "polkit-test.js"),
-                  ("vmPreamble", "preamble.py")]:
+                  ("vmPreamble", "preamble.py"),
+                  ("freeDiskUnit", "msp-agent-free-disk@srv-data.service")]:
     with open(os.path.join(work, name), "w") as f:
         f.write(out[key])
 for name, text in out["configs"].items():
@@ -174,6 +180,9 @@ for test, script in out["vmScripts"].items():
         f.write(script)
 with open(os.path.join(work, "vm-groups.json"), "w") as f:
     json.dump({"root": out["vmScenarioRoot"], "wired": out["vmWiredGroups"]}, f)
+with open(os.path.join(work, "escape.tsv"), "w") as f:
+    for path, escaped in sorted(out["escapeCases"].items()):
+        f.write("%s\t%s\n" % (path, escaped))
 EOF
 then
   fail "module evaluation: unreadable result"
@@ -203,6 +212,30 @@ else
   fail "flake outputs: $(tail -n 20 "$work/flake.err")"
 fi
 
+# vm-disk joins the checks with the first disk scenario file and the flake
+# evaluates either way: the checks of this tree, and of a copy of it with a
+# vm-tests/scenarios/disk_*.py.
+names() {
+  $nix_eval --eval --strict --json --read-write-mode "$1/tests/nix/flake-outputs.nix" \
+    --arg nixpkgsLib "$lib_path" --arg root "$1" -A checkNames 2>"$work/names.err"
+}
+mkdir -p "$work/with-disk"
+git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t "$work/with-disk" 2>/dev/null
+if [ -z "$(ls "$root"/vm-tests/scenarios/*disk*.py 2>/dev/null)" ]; then
+  printf 'def scenario_disk_probe(machine):\n    pass\n' >"$work/with-disk/vm-tests/scenarios/disk_probe.py"
+fi
+if here=$(names "$root") && there=$(names "$work/with-disk"); then
+  has_disk_here=$(grep -c '"vm-disk"' <<<"$here")
+  want_here=$([ -n "$(ls "$root"/vm-tests/scenarios/*disk*.py 2>/dev/null)" ] && echo 1 || echo 0)
+  if [ "$has_disk_here" = "$want_here" ] && grep -q '"vm-disk"' <<<"$there"; then
+    pass "flake: vm-disk is in checks exactly when a disk scenario file exists (here: $([ "$want_here" = 1 ] && echo yes || echo no); with disk_probe.py: yes)"
+  else
+    fail "flake: vm-disk wiring: checks here $here, with a disk scenario $there"
+  fi
+else
+  fail "flake: checks with and without a disk scenario: $(tail -n 5 "$work/names.err")"
+fi
+
 # The rendered files are TOML a standard parser reads the same way.
 if out=$(python3 - "$work/configs" <<'EOF' 2>&1
 import os, sys, tomllib
@@ -219,6 +252,15 @@ assert full["evidence"] == {"spool_max_bytes": 536870912,
                             "s3": {"bucket": "msp-evidence", "endpoint": "http://s3:9000",
                                    "region": "eu-central-1", "path_style": True,
                                    "retention_days": 2190, "prefix": "clinic-01"}}, full
+disks = configs["disks"]
+assert [d["path"] for d in disks["watch"]["disks"]] == ["/", "/srv/data", "/srv/my-data", "/var"], disks
+data = disks["watch"]["disks"][1]
+assert data["warn_above"] == 0.85 and isinstance(data["warn_above"], float), data
+assert data["clean"] == [{"path": "/srv/data/cache", "older_than": "7d"},
+                         {"path": "/srv/data/tmp", "glob": "*.tmp", "older_than": "2h"}], data
+assert "clean" not in disks["watch"]["disks"][0] and disks["watch"]["disks"][3]["remediate"] is False, disks
+assert disks["runbooks"]["free_disk"]["tmpfiles_clean"] is False, disks
+assert configs["disksNone"]["watch"]["disks"] == [], configs["disksNone"]
 EOF
 ); then
   pass "rendered config files ($(ls "$work/configs" | wc -l)) parse as TOML (tomllib) with the intended structure"
@@ -271,6 +313,20 @@ for script in "$work"/vm-*.py; do
   fi
 done
 
+# The instance names of the helper, as systemd itself escapes mount points.
+if command -v systemd-escape >/dev/null 2>&1 || ensure systemd-escape systemd; then
+  while IFS=$'\t' read -r path escaped; do
+    want=$(systemd-escape --path -- "$path")
+    if [ "$want" = "$escaped" ]; then
+      pass "escapePath \"$path\" is systemd-escape --path: $escaped"
+    else
+      fail "escapePath \"$path\": $escaped, systemd-escape --path says $want"
+    fi
+  done <"$work/escape.tsv"
+else
+  skip "escapePath against systemd-escape: no systemd-escape"
+fi
+
 # The polkit rule, executed.
 js=""
 if command -v duk >/dev/null 2>&1 || ensure duk duktape; then
@@ -308,6 +364,13 @@ if ensure systemd-analyze systemd && systemd-analyze security --help 2>/dev/null
   if [ -f dist/systemd/msp-agent.service ]; then
     cp dist/systemd/msp-agent.service "$work/dist-msp-agent.service"
     security "dist/systemd/msp-agent.service" "$work/dist-msp-agent.service"
+  fi
+  # The helper as its instance for /srv/data, so %f and %i resolve.
+  security "NixOS free-disk helper, instance srv-data" "$work/msp-agent-free-disk@srv-data.service"
+  if [ -f dist/systemd/msp-agent-free-disk@.service ]; then
+    mkdir -p "$work/dist"
+    cp dist/systemd/msp-agent-free-disk@.service "$work/dist/msp-agent-free-disk@srv-data.service"
+    security "dist/systemd/msp-agent-free-disk@.service, instance srv-data" "$work/dist/msp-agent-free-disk@srv-data.service"
   fi
 else
   skip "systemd-analyze security: needs systemd >= 250 (--offline)"

@@ -125,9 +125,14 @@ let
       "agent"
       "s3"
     ];
+    vm-disk = [ "agent" ];
   };
 in
 {
+  # The checks of x86_64-linux by name: check.sh compares them for this tree
+  # and for a copy with a disk scenario file.
+  checkNames = lib.attrNames self.checks.${x86};
+
   results = [
     (check "flake: outputs" (lib.attrNames self) [
       "checks"
@@ -251,6 +256,26 @@ in
       in
       lib.hasInfix "ok    minimal: config file" report && !(lib.hasInfix "\nFAIL  " report)
     ) true)
+    (check "flake: vm-tests/disk.nix is a NixOS test of the agent node, wired or not" (
+      let
+        t = import (root + "/vm-tests/disk.nix") {
+          pkgs = pkgsFor x86;
+          vmTests = import (root + "/vm-tests/common.nix") {
+            pkgs = pkgsFor x86;
+            module = self.nixosModules.default;
+          };
+        };
+      in
+      {
+        inherit (t) name;
+        nodes = lib.attrNames t.nodes;
+        runsDiskScenarios = lib.hasInfix ''run_scenarios(agent, "disk")'' t.testScript;
+      }
+    ) {
+      name = "msp-agent-disk";
+      nodes = [ "agent" ];
+      runsDiskScenarios = true;
+    })
     (check "flake: the wired VM tests are NixOS tests with their nodes" (lib.mapAttrs (_: t: lib.attrNames t.nodes) (
       lib.filterAttrs (n: _: lib.hasPrefix "vm-" n) self.checks.${x86}
     )) (lib.filterAttrs (n: _: self.checks.${x86} ? ${n}) vmNodes))

@@ -11,6 +11,8 @@
   root ? ../..,
   # Text of dist/systemd/msp-agent.service, when it exists.
   distUnit ? null,
+  # Text of dist/systemd/msp-agent-free-disk@.service, when it exists.
+  distFreeDiskUnit ? null,
 }:
 
 let
@@ -332,30 +334,40 @@ let
 
   shared = unit.service // unit.sandbox;
 
-  distChecks =
-    if distUnit == null then
+  # A plain unit against the keys unit.nix holds for it.
+  distAgrees =
+    file: text: keys: extraPerHost:
+    if text == null then
       [ ]
     else
       let
-        dist = parseService distUnit;
+        dist = parseService text;
       in
       lib.mapAttrsToList (
         key: value:
-        check "dist/systemd/msp-agent.service agrees on ${key}" (normalize (dist.${key} or [ "(unset)" ])) (
+        check "${file} agrees on ${key}" (normalize (dist.${key} or [ "(unset)" ])) (
           normalize (nixValues value)
         )
-      ) shared
+      ) keys
       ++ [
-        (check "dist/systemd/msp-agent.service sets nothing the module lacks" (lib.filter (
-          k: !(shared ? ${k}) && !(lib.elem k perHost)
+        (check "${file} sets nothing the module lacks" (lib.filter (
+          k: !(keys ? ${k}) && !(lib.elem k (perHost ++ extraPerHost))
         ) (lib.attrNames dist)) [ ])
       ];
 
+  distChecks =
+    distAgrees "dist/systemd/msp-agent.service" distUnit shared [ ]
+    # TimeoutStartSec= follows [runbooks.free_disk] timeout in the module.
+    ++ distAgrees "dist/systemd/msp-agent-free-disk@.service" distFreeDiskUnit (
+      unit.freeDisk.service // unit.freeDisk.sandbox
+    ) [ "TimeoutStartSec" ];
+
   # [Service] of the NixOS unit, as NixOS renders it, for systemd-analyze.
   renderService =
-    c:
+    c: renderUnit c.systemd.services.msp-agent;
+  renderUnit =
+    s:
     let
-      s = c.systemd.services.msp-agent;
       line = k: v: "${k}=${if builtins.isBool v then lib.boolToString v else toString v}\n";
     in
     "[Unit]\nDescription=${s.description}\n\n[Service]\n"
@@ -381,7 +393,24 @@ let
     [ "alice" "demo-crash.service" "restart" "not handled" ]
     [ "root" "nginx.service" "start" "not handled" ]
   ];
-  polkitScript = rule: ''
+  # The rule of the disks case: exactly the helper instances of the mounts
+  # with remediate = true.
+  diskPolkitCases = [
+    [ "msp-agent" "msp-agent-free-disk@srv-data.service" "restart" "yes" ]
+    [ "msp-agent" "msp-agent-free-disk@srv-data.service" "start" "yes" ]
+    [ "msp-agent" "msp-agent-free-disk@-.service" "restart" "yes" ]
+    [ "msp-agent" "msp-agent-free-disk@srv-data.service" "stop" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@var.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@srv.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@srv-data-x.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@srv\\x2dother.service" "restart" "not handled" ]
+    [ "msp-agent" "msp-agent-free-disk@srv-my\\x2ddata.service" "restart" "yes" ]
+    [ "msp-agent" "msp-agent-free-disk@srv-my-data.service" "restart" "not handled" ]
+    [ "alice" "msp-agent-free-disk@srv-data.service" "restart" "not handled" ]
+  ];
+  polkitScript = rule: cases: ''
+    (function () {
     var polkit = {
       Result: { NO: "no", YES: "yes", AUTH_SELF: "auth_self", AUTH_SELF_KEEP: "auth_self_keep",
                 AUTH_ADMIN: "auth_admin", AUTH_ADMIN_KEEP: "auth_admin_keep", NOT_HANDLED: null },
@@ -400,7 +429,7 @@ let
       }
       return "not handled";
     }
-    var cases = ${builtins.toJSON polkitCases};
+    var cases = ${builtins.toJSON cases};
     var lines = [];
     for (var i = 0; i < cases.length; i++) {
       var c = cases[i];
@@ -411,6 +440,7 @@ let
     lines.push((other == "not handled" ? "ok" : "FAIL") + "\tpolkit rule: other actions are left alone");
     var say = typeof print == "function" ? print : console.log;
     say(lines.join("\n"));
+    })();
   '';
 
   # --- the VM tests' own Nix, evaluated with the same stubs ----------------
@@ -424,6 +454,7 @@ let
     remediation = vmTest "remediation";
     backup = vmTest "backup";
     evidence = vmTest "evidence";
+    disk = vmTest "disk";
   };
   evalNode =
     extra: node:
@@ -448,6 +479,7 @@ let
   ] vm.backup.nodes.agent;
   vmEvidence = evalNode [ plainRender ] vm.evidence.nodes.agent;
   vmS3 = evalNode [ ] vm.evidence.nodes.s3;
+  vmDisk = evalNode [ plainRender ] vm.disk.nodes.agent;
 
   vmChecks = [
     (check "vm agent node: module assertions hold" (failedAssertions vmAgent) [ ])
@@ -485,6 +517,48 @@ let
       secretsFirst = [ "msp-agent.service" ];
     })
     (check "vm evidence node: module assertions hold" (failedAssertions vmEvidence) [ ])
+    (check "vm disk node: module assertions hold" (failedAssertions vmDisk) [ ])
+    (check "vm disk node: /srv/data is a 64 MiB tmpfs with its cache directory" {
+      fs = vmDisk.virtualisation.fileSystems."/srv/data";
+      inherit (vmDisk.systemd.tmpfiles) rules;
+    } {
+      fs = {
+        device = "tmpfs";
+        fsType = "tmpfs";
+        options = [
+          "size=64m"
+          "mode=0755"
+        ];
+      };
+      rules = [ "d /srv/data/cache 0755 root root -" ];
+    })
+    (check "vm disk node: the mount is freed through its helper, which the agent may restart" {
+      disks = (builtins.fromTOML (configText vmDisk)).watch.disks;
+      helper = vmDisk.systemd.services ? "msp-agent-free-disk@";
+      rule = lib.hasInfix ''"msp-agent-free-disk@srv-data.service"'' vmDisk.security.polkit.extraConfig;
+      timeout = vmDisk.systemd.services."msp-agent-free-disk@".serviceConfig.TimeoutStartSec;
+    } {
+      disks = [
+        {
+          path = "/srv/data";
+          remediate = true;
+          warn_above = 0.5;
+          warn_clear = 0.3;
+          critical_above = 0.8;
+          critical_clear = 0.4;
+          hold = "2s";
+          clean = [
+            {
+              path = "/srv/data/cache";
+              older_than = "1d";
+            }
+          ];
+        }
+      ];
+      helper = true;
+      rule = true;
+      timeout = "3min";
+    })
     (check "vm s3 node: the bucket is made with Object Lock" (lib.hasInfix "mc mb --ignore-existing --with-lock local/msp-evidence"
       vmS3.systemd.services.evidence-bucket.script
     ) true)
@@ -572,7 +646,420 @@ let
       };
     };
     s3DefaultChain.services.msp-agent.settings.evidence.s3.bucket = "b";
+
+    # RB-DISK-001: / and two data mounts freed, one mount only watched, every
+    # key of [runbooks.free_disk] but the Nix step.
+    disks.services.msp-agent.settings = {
+      agent.disk_interval = "5s";
+      watch.disks = [
+        {
+          path = "/";
+          remediate = true;
+        }
+        {
+          path = "/srv/data";
+          remediate = true;
+          warn_above = 0.85;
+          warn_clear = 0.75;
+          critical_above = 0.95;
+          critical_clear = 0.9;
+          inodes_warn_above = 0.8;
+          inodes_warn_clear = 0.7;
+          inodes_critical_above = 0.9;
+          inodes_critical_clear = 0.85;
+          hold = "30s";
+          fill_floor = 0.6;
+          fill_warn_within = "12h";
+          fill_critical_within = "1h";
+          clean = [
+            {
+              path = "/srv/data/cache";
+              older_than = "7d";
+            }
+            {
+              path = "/srv/data/tmp";
+              glob = "*.tmp";
+              older_than = "2h";
+            }
+          ];
+        }
+        {
+          path = "/srv/my-data";
+          remediate = true;
+          clean = [
+            {
+              path = "/srv/my-data";
+              glob = "*.log";
+              older_than = "30d";
+            }
+          ];
+        }
+        { path = "/var"; }
+      ];
+      runbooks.free_disk = {
+        timeout = "20m";
+        step_timeout = "3m";
+        journal_vacuum_size = "1G";
+        journal_vacuum_time = "30d";
+        tmpfiles_clean = false;
+        max_runs = 2;
+        window = "2h";
+        min_interval = "15m";
+      };
+    };
+    # Nix garbage collection on, the default timeout.
+    disksNixGc.services.msp-agent.settings = {
+      watch.disks = [
+        {
+          path = "/";
+          remediate = true;
+        }
+      ];
+      runbooks.free_disk.nix_gc_older_than = "14d";
+    };
+    disksOddTimeout.services.msp-agent.settings = {
+      watch.disks = [
+        {
+          path = "/srv/data";
+          remediate = true;
+        }
+      ];
+      runbooks.free_disk.timeout = "90s";
+    };
+    # Watched only: no helper, no rule.
+    disksWatched.services.msp-agent.settings.watch.disks = [
+      { path = "/"; }
+      {
+        path = "/srv/data";
+        critical_above = 0.99;
+      }
+    ];
+    disksNone.services.msp-agent.settings.watch.disks = [ ];
   };
+
+  # systemd-escape --path of these is held against escapePath by check.sh.
+  escapePaths = [
+    "/"
+    "/srv/data"
+    "/srv/my-data"
+    "/var/lib/postgresql"
+    "/.hidden/a b"
+    "/mnt/x\\y"
+    "/a:b_c.d/e+f"
+    "/data/2024"
+  ];
+
+  disksConfig = ''
+    [agent]
+    disk_interval = "5s"
+    dry_run = false
+    state_dir = "/var/lib/msp-agent"
+
+    [metrics]
+    listen = "127.0.0.1:9465"
+
+    [runbooks.free_disk]
+    journal_vacuum_size = "1G"
+    journal_vacuum_time = "30d"
+    max_runs = 2
+    min_interval = "15m"
+    step_timeout = "3m"
+    timeout = "20m"
+    tmpfiles_clean = false
+    window = "2h"
+
+    [[watch.disks]]
+    path = "/"
+    remediate = true
+
+    [[watch.disks]]
+    critical_above = 0.950000
+    critical_clear = 0.900000
+    fill_critical_within = "1h"
+    fill_floor = 0.600000
+    fill_warn_within = "12h"
+    hold = "30s"
+    inodes_critical_above = 0.900000
+    inodes_critical_clear = 0.850000
+    inodes_warn_above = 0.800000
+    inodes_warn_clear = 0.700000
+    path = "/srv/data"
+    remediate = true
+    warn_above = 0.850000
+    warn_clear = 0.750000
+
+    [[watch.disks.clean]]
+    older_than = "7d"
+    path = "/srv/data/cache"
+
+    [[watch.disks.clean]]
+    glob = "*.tmp"
+    older_than = "2h"
+    path = "/srv/data/tmp"
+
+    [[watch.disks]]
+    path = "/srv/my-data"
+    remediate = true
+
+    [[watch.disks.clean]]
+    glob = "*.log"
+    older_than = "30d"
+    path = "/srv/my-data"
+
+    [[watch.disks]]
+    path = "/var"
+    remediate = false
+
+    [[watch.units]]
+    expect_active = false
+    pattern = "*"
+    remediate = false
+  '';
+
+  helperOf = c: c.systemd.services."msp-agent-free-disk@";
+  helperService = c: (helperOf c).serviceConfig;
+  baseReadWrite = [
+    "%f"
+    "-/var/log/journal"
+    "-/tmp"
+    "-/var/tmp"
+  ];
+
+  diskChecks = [
+    (check "disks: config file" (configText cases.disks) disksConfig)
+    (check "disks: the file reads back as the agent's keys" (
+      let
+        t = builtins.fromTOML (configText cases.disks);
+      in
+      {
+        paths = map (d: d.path) t.watch.disks;
+        remediate = map (d: d.remediate) t.watch.disks;
+        clean = map (d: map (c: c.path) (d.clean or [ ])) t.watch.disks;
+        inherit (t.runbooks) free_disk;
+      }
+    ) {
+      paths = [
+        "/"
+        "/srv/data"
+        "/srv/my-data"
+        "/var"
+      ];
+      remediate = [
+        true
+        true
+        true
+        false
+      ];
+      clean = [
+        [ ]
+        [
+          "/srv/data/cache"
+          "/srv/data/tmp"
+        ]
+        [ "/srv/my-data" ]
+        [ ]
+      ];
+      free_disk = {
+        timeout = "20m";
+        step_timeout = "3m";
+        journal_vacuum_size = "1G";
+        journal_vacuum_time = "30d";
+        tmpfiles_clean = false;
+        max_runs = 2;
+        window = "2h";
+        min_interval = "15m";
+      };
+    })
+    (check "disks: no assertion fails" (failedAssertions cases.disks) [ ])
+    (check "disks: the helper template runs the package's free-disk on the instance" (helperService cases.disks).ExecStart
+      "${stubs.pkgs.msp-agent}/bin/msp-agent free-disk --config /etc/msp-agent/config.toml %i"
+    )
+    (check "disks: TimeoutStartSec is the timeout plus 1 min" (helperService cases.disks).TimeoutStartSec "21min")
+    (check "disks: without nix_gc_older_than, the sandbox of unit.nix and no Nix" {
+      inherit (helperService cases.disks) ReadWritePaths;
+      inherit (helperOf cases.disks) environment;
+      path = map (p: p.name) (helperOf cases.disks).path;
+    } {
+      ReadWritePaths = baseReadWrite;
+      environment = { };
+      path = [ "systemd" ];
+    })
+    (check "disks: the helper's sandbox and service settings are unit.nix, unchanged" (lib.filterAttrs (
+      k: _: unit.freeDisk.sandbox ? ${k} || unit.freeDisk.service ? ${k}
+    ) (helperService cases.disks)) (unit.freeDisk.service // unit.freeDisk.sandbox))
+    (check "disks: the helper is a template started only by the agent" {
+      inherit (helperOf cases.disks) wantedBy restartIfChanged after;
+      templates = lib.filter (n: n != "msp-agent") (lib.attrNames cases.disks.systemd.services);
+    } {
+      wantedBy = [ ];
+      restartIfChanged = false;
+      after = [
+        "local-fs.target"
+        "systemd-journald.service"
+      ];
+      templates = [ "msp-agent-free-disk@" ];
+    })
+    (check "disks: the rule names the instances of the remediable mounts, escaped" (lib.filter (lib.hasPrefix "msp-agent-free-disk@") (
+      builtins.fromJSON (lib.head (builtins.match ".*var names = ([^;]*);.*" cases.disks.security.polkit.extraConfig))
+    )) [
+      "msp-agent-free-disk@-.service"
+      "msp-agent-free-disk@srv-data.service"
+      "msp-agent-free-disk@srv-my\\x2ddata.service"
+    ])
+    (check "disks: nix_gc_older_than reaches the Nix daemon and the profiles, nothing else" {
+      inherit (helperService cases.disksNixGc) ReadWritePaths RestrictAddressFamilies PrivateNetwork;
+      inherit (helperOf cases.disksNixGc) environment;
+      path = map (p: p.name) (helperOf cases.disksNixGc).path;
+      rendered = (builtins.fromTOML (configText cases.disksNixGc)).runbooks.free_disk;
+    } {
+      ReadWritePaths = baseReadWrite ++ [
+        "-/nix/var/nix/daemon-socket"
+        "-/nix/var/nix/profiles"
+      ];
+      RestrictAddressFamilies = "AF_UNIX";
+      PrivateNetwork = true;
+      environment.NIX_REMOTE = "daemon";
+      path = [
+        "systemd"
+        "nix"
+      ];
+      rendered.nix_gc_older_than = "14d";
+    })
+    (check "disks: TimeoutStartSec is 11min with the default timeout" (helperService cases.disksNixGc).TimeoutStartSec "11min")
+    (check "disks: TimeoutStartSec in seconds when the timeout is not whole minutes" (helperService cases.disksOddTimeout).TimeoutStartSec "150s")
+    (check "disks: only watched, no helper unit and no instance in the rule" {
+      helper = cases.disksWatched.systemd.services ? "msp-agent-free-disk@";
+      rule = lib.hasInfix "msp-agent-free-disk" cases.disksWatched.security.polkit.extraConfig;
+      remediate = map (d: d.remediate) (builtins.fromTOML (configText cases.disksWatched)).watch.disks;
+    } {
+      helper = false;
+      rule = false;
+      remediate = [
+        false
+        false
+      ];
+    })
+    (check "disks: [ ] is written as watching no disk" (lib.hasInfix "[watch]\ndisks = []\n" (configText cases.disksNone)) true)
+    (check "disks: unset, no [[watch.disks]], no [runbooks.free_disk], no helper" {
+      text = lib.hasInfix "disk" (configText minimal);
+      helper = minimal.systemd.services ? "msp-agent-free-disk@";
+    } {
+      text = false;
+      helper = false;
+    })
+    (check "disks: escapePath of the polkit names is systemd-escape --path" (map helpers.freeDiskUnit [
+      "/"
+      "/srv/data"
+      "/srv/my-data"
+      "/.cache"
+    ]) [
+      "msp-agent-free-disk@-.service"
+      "msp-agent-free-disk@srv-data.service"
+      "msp-agent-free-disk@srv-my\\x2ddata.service"
+      "msp-agent-free-disk@\\x2ecache.service"
+    ])
+    (check "durations: humantime units in whole seconds" (map helpers.durationSeconds [
+      "10m"
+      "1h 30m"
+      "1h30m"
+      "90s"
+      "1500ms"
+      "2d"
+      "1w"
+    ]) [
+      600
+      5400
+      5400
+      90
+      2
+      172800
+      604800
+    ])
+
+    (refused "disks: clean on a mount without remediate" {
+      services.msp-agent.settings.watch.disks = [
+        {
+          path = "/srv/data";
+          clean = [
+            {
+              path = "/srv/data/cache";
+              older_than = "1d";
+            }
+          ];
+        }
+      ];
+    } "watch.disks.0.clean is set but remediate is not")
+    (refused "disks: a clean path outside the mount" {
+      services.msp-agent.settings.watch.disks = [
+        {
+          path = "/srv/data";
+          remediate = true;
+          clean = [
+            {
+              path = "/srv/database/cache";
+              older_than = "1d";
+            }
+          ];
+        }
+      ];
+    } "is outside the mount \"/srv/data\"")
+    (refused "disks: a clean path with a .. component" {
+      services.msp-agent.settings.watch.disks = [
+        {
+          path = "/srv/data";
+          remediate = true;
+          clean = [
+            {
+              path = "/srv/data/../etc";
+              older_than = "1d";
+            }
+          ];
+        }
+      ];
+    } "is outside the mount")
+    (refused "disks: a mount path with a trailing slash" {
+      services.msp-agent.settings.watch.disks = [ { path = "/srv/data/"; } ];
+    } "is not a mount point")
+    (refused "disks: a remediated glob that reaches the helper units" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "msp-agent-free-*";
+          remediate = true;
+        }
+      ];
+    } "would let the agent restart msp-agent-free-disk@*.service")
+    (refused "disks: a helper unit named in watch.units with remediate" {
+      services.msp-agent.settings.watch.units = [
+        {
+          pattern = "msp-agent-free-disk@srv-data.service";
+          remediate = true;
+        }
+      ];
+    } "only RB-DISK-001 starts")
+    (rejected "disks: a threshold that is not a ratio" {
+      services.msp-agent.settings.watch.disks = [
+        {
+          path = "/";
+          warn_above = 1.5;
+        }
+      ];
+    })
+    (rejected "disks: nix_gc_older_than in weeks (Nix takes days only)" {
+      services.msp-agent.settings.runbooks.free_disk.nix_gc_older_than = "2w";
+    })
+    (rejected "disks: a journal size journalctl does not read" {
+      services.msp-agent.settings.runbooks.free_disk.journal_vacuum_size = "lots";
+    })
+    (rejected "disks: a clean entry without older_than" {
+      services.msp-agent.settings.watch.disks = [
+        {
+          path = "/";
+          remediate = true;
+          clean = [ { path = "/var/cache"; } ];
+        }
+      ];
+    })
+  ];
 
   # [remediation]: every check the agent has, with each kind of answer.
   remediation = forced (
@@ -658,8 +1145,11 @@ let
     )) [
       "agent"
       "watch.units"
+      "watch.disks"
+      "watch.disks.clean"
       "incidents"
       "runbooks.service_restart"
+      "runbooks.free_disk"
       "limits"
       "remediation"
       "metrics"
@@ -699,11 +1189,52 @@ let
         kind = "list";
       }) null)).success
     ) true)
-    (check "sections: a table inside a tableArray is refused" (generatorThrows (
+    (check "sections: a tableArray inside a tableArray belongs to each entry" (settingsWith (
       futureSections
       ++ [
         (sections.mkSection {
           path = [ "watch" "disks" "inner" ];
+          kind = "tableArray";
+          description = "";
+          keys.age = sections.mkKey {
+            type = lib.types.str;
+            description = "";
+          };
+        })
+      ]
+    ) {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/srv";
+          inner = [
+            { age = "1d"; }
+            { other = 1; }
+          ];
+        }
+      ];
+    }) {
+      watch.disks = [
+        { path = "/"; }
+        {
+          path = "/srv";
+          inner = [
+            { age = "1d"; }
+            { other = 1; }
+          ];
+        }
+      ];
+    })
+    (check "sections: a table inside a map is refused" (generatorThrows (
+      futureSections
+      ++ [
+        (sections.mkSection {
+          path = [ "names" ];
+          kind = "map";
+          description = "";
+        })
+        (sections.mkSection {
+          path = [ "names" "inner" ];
           description = "";
         })
       ]
@@ -754,11 +1285,46 @@ let
       "hostname"
       "reconcile_interval"
       "shutdown_grace"
+      "disk_interval"
     ]
     ++ map (k: "watch.units[].${k}") [
       "pattern"
       "remediate"
       "expect_active"
+    ]
+    # `[watch] disks = []`: no disk watched.
+    ++ [ "watch.disks" ]
+    ++ map (k: "watch.disks[].${k}") [
+      "path"
+      "remediate"
+      "warn_above"
+      "warn_clear"
+      "critical_above"
+      "critical_clear"
+      "inodes_warn_above"
+      "inodes_warn_clear"
+      "inodes_critical_above"
+      "inodes_critical_clear"
+      "hold"
+      "fill_floor"
+      "fill_warn_within"
+      "fill_critical_within"
+    ]
+    ++ map (k: "watch.disks[].clean[].${k}") [
+      "path"
+      "glob"
+      "older_than"
+    ]
+    ++ map (k: "runbooks.free_disk.${k}") [
+      "timeout"
+      "step_timeout"
+      "journal_vacuum_size"
+      "journal_vacuum_time"
+      "tmpfiles_clean"
+      "nix_gc_older_than"
+      "max_runs"
+      "window"
+      "min_interval"
     ]
     ++ map (k: "incidents.${k}") [
       "flap_window"
@@ -779,6 +1345,9 @@ let
       "metrics.listen"
       "remediation.unit_failed"
       "remediation.crash_loop"
+      "remediation.disk_space"
+      "remediation.disk_inodes"
+      "remediation.disk_fill_rate"
     ]
     ++ map (k: "evidence.${k}") [
       "key_file"
@@ -818,13 +1387,21 @@ let
     vm-backup-restic-settings = configText vmBackup2511;
     vm-evidence = configText vmEvidence;
     remediation = configText remediation;
+    vm-disk = configText vmDisk;
   }
   // lib.mapAttrs (_: configText) cases;
 in
 {
   vmScripts = lib.mapAttrs (_: t: t.testScript) vm;
-  polkitTest = polkitScript full.security.polkit.extraConfig;
+  polkitTest =
+    polkitScript full.security.polkit.extraConfig polkitCases
+    + polkitScript cases.disks.security.polkit.extraConfig diskPolkitCases;
   serviceUnit = renderService full;
+  # The helper of the disks case as a unit file of the instance for /srv/data.
+  freeDiskUnit = renderUnit cases.disks.systemd.services."msp-agent-free-disk@";
+  # Mount points and their instance names, for check.sh to hold against
+  # `systemd-escape --path`.
+  escapeCases = lib.genAttrs escapePaths helpers.escapePath;
   minimalConfig = configText minimal;
   fullConfig = configText full;
   inherit configs;
@@ -1048,9 +1625,9 @@ in
     (refused "removed option backups.restic.unlockStale, with the reason" {
       services.msp-agent.backups.restic.unlockStale = true;
     } "stale restic lock comes with the backup runbook")
-    (refused "removed options runbooks.freeDisk.*, with the reason" {
+    (refused "removed options runbooks.freeDisk.*, pointing to their settings" {
       services.msp-agent.runbooks.freeDisk.extraPaths = [ "/var/cache/app" ];
-    } "comes with the agent's disk runbook")
+    } "settings.watch.disks (remediate = true and the clean paths of each mount) and settings.runbooks.free_disk")
     (refused "polkit switched off" {
       security.polkit.enable = false;
     } "security.polkit.enable must stay true")
@@ -1115,6 +1692,7 @@ in
     )
   ]
   ++ generatorChecks
+  ++ diskChecks
   ++ vmChecks
   ++ distChecks;
 }

@@ -86,6 +86,10 @@ let
         type = types.listOf types.unspecified;
         default = [ ];
       };
+      restartIfChanged = mkOption {
+        type = types.bool;
+        default = true;
+      };
       script = mkOption {
         type = types.lines;
         default = "";
@@ -166,6 +170,10 @@ in
         type = types.int;
         default = 1024;
       };
+      virtualisation.fileSystems = mkOption {
+        type = types.attrsOf freeform;
+        default = { };
+      };
       services.minio = mkOption {
         type = freeform;
         default = { };
@@ -232,6 +240,10 @@ in
       systemd.package = mkOption {
         type = types.package;
         default = fakePackage "systemd";
+      };
+      nix.package = mkOption {
+        type = types.package;
+        default = fakePackage "nix";
       };
       systemd.services = mkOption {
         type = types.attrsOf serviceType;
