@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +49,43 @@ min_interval = "10s"
 global_per_hour = 20
 """
 
+# With RB-DISK-001 in the binary: /srv/data (a 64 MB tmpfs) is watched every 2 s and
+# freed 5 s after it crosses a threshold, of files older than 30 min in /srv/data/cache;
+# like the service restarts, 3 runs per 30 minutes at least 10 s apart.
+LAB_DISK_AGENT = 'disk_interval = "2s"\n'
+LAB_DISKS = """
+[[watch.disks]]
+path = "/srv/data"
+remediate = true
+hold = "5s"
+
+[[watch.disks.clean]]
+path = "/srv/data/cache"
+older_than = "30m"
+
+[runbooks.free_disk]
+max_runs = 3
+window = "30m"
+min_interval = "10s"
+"""
+
+DISK = "/srv/data"
+FILL_TO = 0.99
+
+
+def lab_config(disks: bool) -> str:
+    if not disks:
+        return LAB_CONFIG
+    head, sep, rest = LAB_CONFIG.partition('state_dir = "/var/lib/msp-agent"\n')
+    return head + sep + LAB_DISK_AGENT + rest + LAB_DISKS
+
 USAGE = """\
 usage: lab/lab.sh COMMAND
 
   up                       boot the lab and start the agent (builds what is missing)
   break service UNIT       kill UNIT with SIGKILL (try demo.service)
   break crashloop          start demo-crashloop.service, which always fails
+  break disk               fill /srv/data to 99 % with an hour-old file in /srv/data/cache
   status                   msp-agent status
   incidents [ARGS]         msp-agent incidents --all [ARGS], e.g. --json
   journal [INCIDENT_ID]    the agent's journal lines for one incident (or its last 50 lines)
@@ -69,6 +101,7 @@ The lab is up: the agent watches demo*.service and restarts what fails.
   lab/lab.sh incidents                     # what it saw and did
   lab/lab.sh journal <INCIDENT_ID>         # its journal lines for one incident
   lab/lab.sh break crashloop               # a unit that keeps failing: 3 tries, then a human
+  lab/lab.sh break disk                    # fill /srv/data; RB-DISK-001 frees it
   lab/lab.sh status                        # the agent's own view
   lab/lab.sh shell                         # look around (systemctl, journalctl, sqlite3)
   lab/lab.sh reset                         # start over;  lab/lab.sh down  # remove the lab
@@ -121,6 +154,9 @@ def up() -> int:
         machine.start()
         bench.install_demo_units(machine)
         bench.install_agent(machine, LAB_CONFIG, binary=binary)
+        if bench.has_free_disk(machine):
+            bench.write_config(machine, lab_config(disks=True))
+            bench.install_polkit_rule(machine)
         start_agent(machine)
     except Exception as e:
         machine.shutdown()
@@ -146,11 +182,37 @@ def reset() -> int:
         "systemctl stop msp-agent.service demo-crashloop.service",
         "systemctl reset-failed msp-agent.service demo.service demo-crashloop.service || true",
         "rm -rf /var/lib/msp-agent",
+        f"find {DISK} -mindepth 1 -delete",
         "systemctl restart demo.service",
     )
     start_agent(machine)
-    print("agent state cleared; demo.service and the agent restarted")
+    print(f"agent state cleared, {DISK} emptied; demo.service and the agent restarted")
     return 0
+
+
+def break_disk(machine: Machine) -> int:
+    """Fill /srv/data to 99 % with one file, an hour old, in /srv/data/cache."""
+    bsize, blocks, free, avail = map(int, machine.succeed(f"stat -f -c '%S %b %f %a' {DISK}").split())
+    used = blocks - free
+    # used / (used + available), as the agent computes it.
+    need = int(FILL_TO * (used + avail) + 1) - used
+    if need <= 0:
+        print(f"{DISK} is already at {used / (used + avail):.0%}")
+        return 0
+    chunk = 64 << 10
+    count = min(-(-need * bsize // chunk), avail * bsize // chunk)
+    name = f"{DISK}/cache/lab-fill-{int(time.time())}.bin"
+    machine.succeed(
+        f"mkdir -p {DISK}/cache",
+        f"dd if=/dev/zero of={name}.tmp bs={chunk} count={count} status=none",
+        f"touch -d '1 hour ago' {name}.tmp && mv {name}.tmp {name}")
+    status = inside(machine, f"df -h {DISK}")
+    if bench.has_free_disk(machine):
+        print(f"{name} written; the agent frees it in a few seconds: watch lab/lab.sh incidents")
+    else:
+        print(f"{name} written; this agent has no RB-DISK-001 (msp-agent free-disk): the incident "
+              f"opens and stays. Free it by hand: lab/lab.sh shell rm {name}")
+    return status
 
 
 def main(argv: list[str]) -> int:
@@ -172,6 +234,8 @@ def main(argv: list[str]) -> int:
             if status == 0:
                 print(f"killed {unit}; watch: lab/lab.sh incidents")
             return status
+        if rest == ["disk"]:
+            return break_disk(machine)
         if rest == ["crashloop"]:
             status = inside(machine, "systemctl start demo-crashloop.service")
             print("demo-crashloop.service started; it fails every time: watch lab/lab.sh incidents")

@@ -7,7 +7,8 @@ them from a package:
   * the agent binary built from this repository, as /usr/local/bin/msp-agent (and a
     /usr/bin symlink, whichever path the unit file names);
   * its system user, from dist/sysusers.d/msp-agent.conf when the repository has one;
-  * the unit file dist/systemd/msp-agent.service;
+  * the unit file dist/systemd/msp-agent.service, and RB-DISK-001's helper template
+    dist/systemd/msp-agent-free-disk@.service with its ExecStart on the installed binary;
   * a config file at /etc/msp-agent/config.toml;
   * the polkit rule printed by `msp-agent polkit-rule --config ...`;
   * the demo units from tests/bench/units/;
@@ -20,6 +21,7 @@ The agent is never started here: each caller decides when.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -32,6 +34,8 @@ UNITS_DIR = HERE / "units"
 BACKUP_DIR = HERE / "backup"
 
 CONFIG_PATH = "/etc/msp-agent/config.toml"
+BINARY_PATH = "/usr/local/bin/msp-agent"
+HELPER_UNIT = "msp-agent-free-disk@.service"
 POLKIT_RULE_PATH = "/etc/polkit-1/rules.d/50-msp-agent.rules"
 AGENT_USER = "msp-agent"
 
@@ -53,6 +57,26 @@ def agent_binary() -> Path:
 def unit_file() -> Path:
     """The agent's unit file; $MSP_AGENT_UNIT_FILE tests another one."""
     return Path(os.environ.get("MSP_AGENT_UNIT_FILE", REPO / "dist" / "systemd" / "msp-agent.service"))
+
+
+def helper_unit_file() -> Path:
+    """RB-DISK-001's privileged helper, a template unit started per mount."""
+    return REPO / "dist" / "systemd" / HELPER_UNIT
+
+
+def helper_unit_text(path: Path) -> str:
+    """The helper unit as installed: its ExecStart runs the binary where the bench puts it."""
+    text = path.read_text()
+    fixed, n = re.subn(r"^(ExecStart=[-+!@:]*)\S*/msp-agent(?=\s)", rf"\g<1>{BINARY_PATH}", text, flags=re.M)
+    if n != 1:
+        raise BenchError(f"{path}: expected one ExecStart= running .../msp-agent, found {n}")
+    return fixed
+
+
+def has_free_disk(machine: Machine) -> bool:
+    """Whether the installed binary has the `free-disk` helper command (RB-DISK-001)."""
+    status, _ = machine.execute(f"{BINARY_PATH} free-disk --help >/dev/null 2>&1")
+    return status == 0
 
 
 def sysusers_file() -> Path:
@@ -115,7 +139,8 @@ def install_polkit_rule(machine: Machine) -> str:
 
 
 def install_agent(machine: Machine, config: str, binary: Optional[Path] = None) -> None:
-    """Binary, user, unit, config and polkit rule; the agent is left stopped."""
+    """Binary, user, units (the agent's and the disk helper's), config and polkit rule;
+    the agent is left stopped."""
     binary = binary or agent_binary()
     if not binary.is_file():
         raise BenchError(
@@ -125,10 +150,13 @@ def install_agent(machine: Machine, config: str, binary: Optional[Path] = None) 
     if not unit.is_file():
         raise BenchError(f"unit file {unit} not found (the repository ships it as dist/systemd/msp-agent.service)")
 
-    machine.copy_from_host(str(binary), "/usr/local/bin/msp-agent")
-    machine.succeed("chmod 0755 /usr/local/bin/msp-agent && ln -sf /usr/local/bin/msp-agent /usr/bin/msp-agent")
+    machine.copy_from_host(str(binary), BINARY_PATH)
+    machine.succeed(f"chmod 0755 {BINARY_PATH} && ln -sf {BINARY_PATH} /usr/bin/msp-agent")
     create_agent_user(machine)
     machine.copy_from_host(str(unit), "/etc/systemd/system/msp-agent.service")
+    helper = helper_unit_file()
+    if helper.is_file():
+        machine.write_file(f"/etc/systemd/system/{HELPER_UNIT}", helper_unit_text(helper))
     write_config(machine, config)
     install_polkit_rule(machine)
     machine.succeed("systemctl daemon-reload")

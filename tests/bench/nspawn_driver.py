@@ -42,6 +42,11 @@ from typing import Iterator, Optional, Sequence
 CACHE_DIR = Path(os.environ.get("MSP_BENCH_CACHE", "/var/tmp/msp-agent-bench"))
 HERE = Path(__file__).resolve().parent
 
+# Small file systems given to every container from the host side (there are no loop
+# devices inside), for the disk scenarios to watch and fill: /srv/data is the mount
+# the agent may free, /srv/archive one it must only watch.
+DISK_TMPFS = ("/srv/data:mode=0755,size=64m", "/srv/archive:mode=0755,size=16m")
+
 # The environment of every command inside: nothing leaks in from the host's shell.
 INSIDE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -133,7 +138,7 @@ class Machine:
         name: str = "msp-bench",
         root: Optional[Path] = None,
         run_dir: Optional[Path] = None,
-        tmpfs: Sequence[str] = ("/srv/fill:mode=0755,size=64m",),
+        tmpfs: Sequence[str] = DISK_TMPFS,
         nspawn_args: Sequence[str] = (),
         persistent: bool = False,
         boot_timeout: float = 90,

@@ -12,13 +12,21 @@ Usage (as root):
   python3 tests/bench/run-scenarios.py --build         # cargo build --release first
   python3 tests/bench/run-scenarios.py --keep          # leave the container up on failure
 Environment: MSP_AGENT_BIN (the binary to test, default target/release/msp-agent),
-MSP_AGENT_UNIT_FILE (default dist/systemd/msp-agent.service).
+MSP_AGENT_UNIT_FILE (default dist/systemd/msp-agent.service),
+MSP_AGENT_EXPECT_FREE_DISK (1 or 0: whether the binary must have RB-DISK-001; default:
+whether src/main.rs declares the `free-disk` command).
+
+Disk scenarios that need RB-DISK-001 (`msp-agent free-disk`) run whenever the binary has
+it. A binary without it has them reported NOT RUN; they count as failed when the binary
+should have had them (the source declares the command), so a stale or incomplete build
+cannot pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +41,7 @@ sys.path.insert(0, str(HERE.parent.parent / "vm-tests"))
 import bench  # noqa: E402
 import scenarios  # noqa: E402
 from nspawn_driver import subtest  # noqa: E402
-from scenarios import common  # noqa: E402
+from scenarios import common, disk_common  # noqa: E402
 
 
 def dump_agent_state(machine) -> None:
@@ -46,6 +54,19 @@ def dump_agent_state(machine) -> None:
             print(f"--- {cmd}\n{out.rstrip()}", flush=True)
         except Exception as e:  # the machine itself may be what failed
             print(f"--- {cmd}: {e}", flush=True)
+
+
+def free_disk_expected() -> bool:
+    """Whether the binary under test should have `msp-agent free-disk`: as
+    MSP_AGENT_EXPECT_FREE_DISK says, else whether this tree's CLI declares it."""
+    flag = os.environ.get("MSP_AGENT_EXPECT_FREE_DISK")
+    if flag is not None:
+        return flag not in ("", "0", "no", "false")
+    try:
+        main_rs = (bench.REPO / "src" / "main.rs").read_text()
+    except OSError:
+        return False
+    return re.search(r"\bFreeDisk\b|\"free-disk\"", main_rs) is not None
 
 
 S3_BUCKET = "msp-bench-evidence"
@@ -96,13 +117,29 @@ def main() -> int:
         subprocess.run(["cargo", "build", "--release", "--locked"], cwd=bench.REPO, check=True)
 
     passed = failed = 0
+    not_run_failed = 0  # scenarios the binary should have run and could not
     machine = None
     try:
         machine = bench.boot("msp-scenarios", persistent=args.keep)
         bench.install_demo_units(machine)
         bench.install_backup(machine)
-        # The polkit rule comes from this config: the demo units and the backup.
-        bench.install_agent(machine, common.config(pattern=["demo*.service", "restic-backups-*.service"]))
+        # The polkit rule comes from this config: the demo units and the backup, and,
+        # when the binary has RB-DISK-001, the helper of /srv/data.
+        patterns = ["demo*.service", "restic-backups-*.service"]
+        bench.install_agent(machine, common.config(pattern=patterns))
+        if bench.has_free_disk(machine):
+            bench.write_config(machine, common.config(pattern=patterns, extra=disk_common.MACHINE_DISKS))
+            bench.install_polkit_rule(machine)
+        else:
+            expected = free_disk_expected()
+            dropped = [f for f in selected if getattr(f, "needs_free_disk", False)]
+            selected = [f for f in selected if f not in dropped]
+            for f in dropped:
+                name = f.__name__.removeprefix("scenario_")
+                print(f"NOT RUN {name}: `msp-agent free-disk --help` fails, the binary has no RB-DISK-001"
+                      + ("; this tree declares it, so it counts as failed" if expected else ""), flush=True)
+            if expected:
+                not_run_failed = len(dropped)
         if not provide_s3_bucket(machine):
             dropped = [f.__name__ for f in selected if "s3" in f.__name__]
             selected = [f for f in selected if "s3" not in f.__name__]
@@ -116,6 +153,7 @@ def main() -> int:
         print(f"0 passed, {len(selected)} failed", flush=True)
         return 1
 
+    failed += not_run_failed
     for scenario in selected:
         name = scenario.__name__.removeprefix("scenario_")
         t0 = time.monotonic()

@@ -38,7 +38,10 @@ def check_boot(machine):
     assert state == "running", f"system state {state}"
     for tool in ("busctl", "journalctl", "sqlite3", "python3", "restic", "setpriv", "pgrep", "ss"):
         machine.succeed(f"command -v {tool}")
-    machine.succeed("test -d /var/log/journal", "findmnt -n -t tmpfs /srv/fill")
+    machine.succeed("test -d /var/log/journal")
+    for mount, size in (("/srv/data", 64), ("/srv/archive", 16)):
+        out = machine.succeed(f"findmnt -n -b -o FSTYPE,SIZE {mount}").split()
+        assert out == ["tmpfs", str(size << 20)], f"{mount}: {out}"
 
 
 def check_demo_units(machine):

@@ -15,7 +15,12 @@ What a machine must provide before a scenario runs:
     makes it (a oneshot naming its repository and password file in RESTIC_* variables
     of its environment), which the polkit rule lets the agent's user start; see
     tests/bench/backup/ and vm-tests/backup.nix;
-  * sqlite3, journalctl, busctl, setpriv, pkill, restic.
+  * sqlite3, journalctl, busctl, setpriv, pkill, restic;
+  * for the disk scenarios (disk_*.py): two small file systems of their own, /srv/data
+    (64 MiB) and /srv/archive (16 MiB), empty; the helper unit msp-agent-free-disk@.service
+    installed; and, when the agent has RB-DISK-001, the polkit rule made for a config
+    that watches /srv/data with `remediate = true` (disk_common.MACHINE_DISKS). Those
+    marked with disk_common.needs_free_disk need `msp-agent free-disk` in the binary.
 Each scenario resets the agent's state and config itself, so they run in any order.
 """
 
@@ -29,6 +34,9 @@ from .crash_loop import scenario_crash_loop_escalates
 from .evidence_s3_outage import scenario_evidence_s3_outage_then_catch_up
 from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
+from .disk_fill import scenario_disk_fill_is_freed, scenario_disk_nothing_to_free
+from .disk_helper import scenario_disk_agent_restart, scenario_disk_helper_timeout
+from .disk_refusals import scenario_disk_bad_entry, scenario_disk_not_remediable
 from .flapping import scenario_flapping_survives_agent_restart
 from .oneshot_rerun import scenario_oneshot_failure_is_rerun
 from .polkit_rule import scenario_polkit_rule_scopes_restarts
@@ -54,6 +62,12 @@ ALL = [
     scenario_dry_run_records_without_acting,
     scenario_evidence_s3_outage_then_catch_up,
     scenario_backup_failure_is_rerun,
+    scenario_disk_fill_is_freed,
+    scenario_disk_nothing_to_free,
+    scenario_disk_helper_timeout,
+    scenario_disk_agent_restart,
+    scenario_disk_bad_entry,
+    scenario_disk_not_remediable,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]

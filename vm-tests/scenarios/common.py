@@ -35,15 +35,24 @@ def config(
     pattern: str | list[str] = "demo*.service",
     global_per_hour: int = 100,
     flap_threshold: int = 100,
+    agent_extra: str = "",
+    extra: str = "",
 ) -> str:
     """Short timings so a scenario takes seconds; flapping out of the way so the
-    rate limit is what stops a crash loop. Every pattern is watched with remediation."""
+    rate limit is what stops a crash loop. Every pattern is watched with remediation.
+
+    `agent_extra` adds lines to [agent] (e.g. `disk_interval = "1s"`), `extra` adds
+    tables at the end (e.g. [[watch.disks]]); left out, the text is what it always was."""
     patterns = [pattern] if isinstance(pattern, str) else pattern
     watch = "".join(f'[[watch.units]]\npattern = "{p}"\nremediate = true\n\n' for p in patterns)
+    if agent_extra and not agent_extra.endswith("\n"):
+        agent_extra += "\n"
+    if extra:
+        extra = "\n" + extra.strip("\n") + "\n"
     return f"""\
 [agent]
 state_dir = "{STATE_DIR}"
-
+{agent_extra}
 {watch}
 [incidents]
 flap_window = "10m"
@@ -59,7 +68,7 @@ min_interval = "{min_interval}"
 
 [limits]
 global_per_hour = {global_per_hour}
-"""
+{extra}"""
 
 
 def write_config(machine, text: str, path: str = CONFIG_PATH) -> None:
