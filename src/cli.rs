@@ -165,6 +165,27 @@ pub fn write_status_table(out: &mut impl Write, view: &StatusView<'_>) -> anyhow
             writeln!(out, "               last upload error: {err}")?;
         }
     }
+    let mounts = view.agent.map(|a| a.mounts.as_slice()).unwrap_or_default();
+    for (i, m) in mounts.iter().enumerate() {
+        let pct = |r: f64| format!("{:.1} %", r * 100.0);
+        let line = format!(
+            "  {} {:<20} {:>7} used, inodes {:>7}  {:<8}{}{}",
+            if i == 0 { "disks:    " } else { "          " },
+            m.mount,
+            pct(m.used_ratio),
+            m.inodes_used_ratio.map(pct).unwrap_or_else(|| "-".into()),
+            m.level,
+            m.seconds_to_full
+                .map(|s| format!("  full in {:.1} h", s / 3600.0))
+                .unwrap_or_default(),
+            if m.remediate {
+                "  (freed by RB-DISK-001)"
+            } else {
+                ""
+            },
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
     writeln!(out)?;
     if view.open.is_empty() {
         writeln!(out, "No open incidents.")?;
@@ -285,6 +306,24 @@ mod tests {
                 "last_seq": 7, "spool_depth": 2, "worm": "enabled", "spool_alarm": true,
                 "spool_bytes": 900, "spool_max_bytes": 1000, "last_error": "timeout"
             })),
+            mounts: vec![
+                crate::store::MountStatus {
+                    mount: "/".into(),
+                    used_ratio: 0.42,
+                    inodes_used_ratio: Some(0.1),
+                    seconds_to_full: None,
+                    level: "ok".into(),
+                    remediate: false,
+                },
+                crate::store::MountStatus {
+                    mount: "/srv/data".into(),
+                    used_ratio: 0.955,
+                    inodes_used_ratio: None,
+                    seconds_to_full: Some(7200.0),
+                    level: "warning".into(),
+                    remediate: true,
+                },
+            ],
         }
     }
 
@@ -373,6 +412,8 @@ mod tests {
             "last bundle #7, 2 not yet in the bucket, bucket WORM: enabled\n",
             "ALARM: the spool is nearly full (900 of 1000 bytes)\n",
             "last upload error: timeout\n",
+            "  disks:     /                     42.0 % used, inodes  10.0 %  ok\n",
+            "             /srv/data             95.5 % used, inodes       -  warning   full in 2.0 h  (freed by RB-DISK-001)\n",
             "1 open incident(s):\n",
             "demo.service",
             "runs: dry_run\n",

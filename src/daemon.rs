@@ -32,7 +32,7 @@ use crate::events::{IncidentState, RunOutcome, RunbookRun, StepRecord};
 use crate::notify;
 use crate::prove::{Evidence, S3Config, WormStatus};
 use crate::report::metrics::{IncidentLabels, Metrics, RunLabels, RunbookLabel};
-use crate::store::{self, AgentStatus, Batch, Store, StoreError};
+use crate::store::{self, AgentStatus, Batch, MountStatus, Store, StoreError};
 use crate::watch::Checkpoint;
 use crate::watch::disks::{DiskEvent, DiskWatchSettings, DiskWatcher};
 use crate::watch::units::{UnitEvent, UnitWatchSettings, UnitWatcher};
@@ -533,6 +533,19 @@ impl Daemon {
             runbooks_in_flight: self.agent.runs_in_flight(),
             summary: self.agent.summary(),
             evidence: serde_json::to_value(&stats).ok(),
+            mounts: self
+                .agent
+                .mounts()
+                .into_iter()
+                .map(|m| MountStatus {
+                    mount: m.mount,
+                    used_ratio: m.used_ratio,
+                    inodes_used_ratio: m.inodes_used_ratio,
+                    seconds_to_full: m.seconds_to_full,
+                    level: m.level,
+                    remediate: m.remediate,
+                })
+                .collect(),
         };
         match self
             .db(move |s| {

@@ -169,7 +169,21 @@ pub struct Agent {
     /// Nothing new is decided: the agent is stopping.
     stopping: bool,
     watched_units: usize,
+    /// The last sample of each watched mount, for the status.
+    last_disks: Vec<DiskObservation>,
     ids: Box<dyn Ids>,
+}
+
+/// One watched mount as `msp-agent status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountView {
+    pub mount: String,
+    pub used_ratio: f64,
+    pub inodes_used_ratio: Option<f64>,
+    pub seconds_to_full: Option<f64>,
+    /// `ok`, or the level of its open disk incidents (the highest).
+    pub level: String,
+    pub remediate: bool,
 }
 
 impl Agent {
@@ -194,6 +208,7 @@ impl Agent {
             unit_checks,
             disk_checks,
             disk_levels: HashMap::new(),
+            last_disks: Vec::new(),
             in_flight: HashMap::new(),
             deferred: HashMap::new(),
             suppression_recorded: HashSet::new(),
@@ -294,6 +309,43 @@ impl Agent {
         self.watched_units
     }
 
+    /// The watched mounts with their last sample and level.
+    pub fn mounts(&self) -> Vec<MountView> {
+        let rank = |l: &str| match l {
+            "critical" => 2,
+            "warning" => 1,
+            _ => 0,
+        };
+        let mut out: Vec<MountView> = self
+            .last_disks
+            .iter()
+            .map(|d| {
+                let level = self
+                    .engine
+                    .open_incidents()
+                    .filter(|i| is_disk_check(&i.check) && i.target == d.mount)
+                    .map(|i| {
+                        self.disk_levels
+                            .get(&i.id)
+                            .cloned()
+                            .unwrap_or_else(|| i.severity.clone())
+                    })
+                    .max_by_key(|l| rank(l))
+                    .unwrap_or_else(|| "ok".to_string());
+                MountView {
+                    mount: d.mount.clone(),
+                    used_ratio: d.used_ratio,
+                    inodes_used_ratio: d.inodes_used_ratio,
+                    seconds_to_full: d.seconds_to_full,
+                    level,
+                    remediate: self.s.disks.for_mount(&d.mount).remediate,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.mount.cmp(&b.mount));
+        out
+    }
+
     pub fn dry_run(&self) -> bool {
         self.s.dry_run
     }
@@ -391,6 +443,7 @@ impl Agent {
     }
 
     fn on_disks(&mut self, ev: DiskEvent, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
+        self.last_disks = ev.disks.clone();
         let mut conds = Vec::new();
         for obs in &ev.disks {
             for check in &mut self.disk_checks {
@@ -1248,6 +1301,19 @@ mod tests {
             words(&a.step(Input::Tick, t(60_000))),
             ["INC-1:none->firing", "edges 1"]
         );
+    }
+
+    #[test]
+    fn mounts_show_their_last_sample_and_level() {
+        let mut a = disk_agent();
+        assert!(a.mounts().is_empty());
+        a.step(disks(0, 0.95), t(0));
+        assert_eq!(a.mounts()[0].level, "ok", "not yet held");
+        a.step(Input::Tick, t(60_000));
+        let m = &a.mounts()[0];
+        assert_eq!((m.mount.as_str(), m.level.as_str()), ("/", "warning"));
+        assert!(m.remediate);
+        assert_eq!(m.used_ratio, 0.95);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use edges::EdgeRow;
 pub use incidents::{IncidentRow, OpenIncidentRow};
 pub use runs::{RunRow, RunStartRow};
 pub use silences::SilenceRow;
-pub use status::AgentStatus;
+pub use status::{AgentStatus, MountStatus};
 
 use crate::events::{Event, IncidentTransition, RunbookRun};
 

@@ -27,6 +27,22 @@ pub struct AgentStatus {
     pub summary: String,
     /// The evidence figures (the recorder's stats, as JSON).
     pub evidence: Option<serde_json::Value>,
+    /// The watched mounts, as last sampled.
+    #[serde(default)]
+    pub mounts: Vec<MountStatus>,
+}
+
+/// One watched mount in the status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct MountStatus {
+    pub mount: String,
+    pub used_ratio: f64,
+    pub inodes_used_ratio: Option<f64>,
+    pub seconds_to_full: Option<f64>,
+    /// `ok`, `warning` or `critical`.
+    pub level: String,
+    /// RB-DISK-001 may free space on it.
+    pub remediate: bool,
 }
 
 impl Store {

@@ -387,6 +387,12 @@ fn status_round_trips_and_is_none_before_the_first() {
         runbooks_in_flight: 1,
         summary: "watching 3 units".into(),
         evidence: Some(serde_json::json!({"last_seq": 7})),
+        mounts: vec![crate::store::MountStatus {
+            mount: "/srv/data".into(),
+            used_ratio: 0.5,
+            level: "ok".into(),
+            ..Default::default()
+        }],
     };
     s.set_status(&st).unwrap();
     assert_eq!(s.status().unwrap().as_ref(), Some(&st));
