@@ -330,6 +330,12 @@ impl Check<DiskObservation> for DiskCheck {
             }
         }
         track.fired = track.held(at);
+        // Above a level that has not held yet says nothing either way: it is not
+        // a failure yet, and not a pass that would resolve an incident still open
+        // (after a restart the tracks begin again while the disk is still full).
+        if track.fired == DiskLevel::Ok && raw != DiskLevel::Ok {
+            return None;
+        }
         let track = track.clone();
         Some(self.condition(&track, at))
     }
@@ -445,9 +451,15 @@ mod tests {
         };
         assert!(!obs(&mut c, 0, 0.5).0);
         assert_eq!(c.next_deadline(), None, "nothing pending");
-        assert!(!obs(&mut c, 10, 0.95).0, "warning, not held yet");
+        assert!(
+            c.observe(&disk(10, "/", 0.95)).is_none(),
+            "warning, not held yet: neither failing nor passing"
+        );
         assert_eq!(c.next_deadline(), Some(t(70)));
-        assert!(!obs(&mut c, 20, 0.85).0, "still above the clearing value");
+        assert!(
+            c.observe(&disk(20, "/", 0.85)).is_none(),
+            "still above the clearing value"
+        );
         assert_eq!(c.next_deadline(), Some(t(70)), "the hold goes on");
         assert!(c.tick(t(69)).is_empty());
         let conds = c.tick(t(70));
@@ -468,11 +480,26 @@ mod tests {
         assert_eq!(c.next_deadline(), None);
         assert!(!obs(&mut c, 220, 0.79).0);
         // a blip shorter than the hold never fires
-        assert!(!obs(&mut c, 300, 0.99).0);
+        assert!(c.observe(&disk(300, "/", 0.99)).is_none());
         assert_eq!(c.next_deadline(), Some(t(360)));
         assert!(!obs(&mut c, 310, 0.5).0);
         assert_eq!(c.next_deadline(), None);
         assert!(c.tick(t(360)).is_empty());
+    }
+
+    /// After a restart the tracks begin again: a disk still full must not look
+    /// like a pass (which would resolve the incident still open) during the hold.
+    #[test]
+    fn a_full_disk_seen_first_is_not_a_pass() {
+        let mut c = DiskCheck::space(DiskRules::default());
+        assert!(c.observe(&disk(0, "/", 0.95)).is_none());
+        assert!(
+            c.observe(&disk(30, "/", 0.85)).is_none(),
+            "hysteresis holds it"
+        );
+        assert!(c.tick(t(60))[0].failing);
+        let mut c = DiskCheck::space(DiskRules::default());
+        assert!(!c.observe(&disk(0, "/", 0.5)).unwrap().failing);
     }
 
     #[test]
@@ -505,11 +532,11 @@ mod tests {
         let mut c = DiskCheck::inodes(DiskRules::default());
         let mut d = disk(0, "/", 0.1);
         d.inodes_used_ratio = Some(0.99);
-        let cond = c.observe(&d).unwrap();
-        assert_eq!(cond.check, "disk_inodes");
-        assert!(!cond.failing);
+        assert!(c.observe(&d).is_none(), "not held yet");
         assert_eq!(c.next_deadline(), Some(t(60)));
-        assert!(c.tick(t(60))[0].failing);
+        let cond = &c.tick(t(60))[0];
+        assert_eq!(cond.check, "disk_inodes");
+        assert!(cond.failing);
         d.inodes_used_ratio = None;
         assert!(c.observe(&d).is_none(), "no inodes: not evaluated");
     }
@@ -520,7 +547,7 @@ mod tests {
         let mut d = disk(0, "/", 0.6);
         d.fill_rate_bytes_per_second = Some(1e6);
         d.seconds_to_full = Some(3600.0);
-        assert!(!c.observe(&d).unwrap().failing);
+        assert!(c.observe(&d).is_none(), "not held yet");
         d.seen_at = t(60);
         let cond = c.observe(&d).unwrap();
         assert!(cond.failing);
