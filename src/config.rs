@@ -356,7 +356,7 @@ pub struct FreeDiskConfig {
     /// The helper's whole run.
     #[serde(default = "default_free_disk_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Each step of it.
+    /// Each step of it (cut to what is left of the run's timeout).
     #[serde(default = "default_step_timeout", with = "humantime_serde")]
     pub step_timeout: Duration,
     /// `journalctl --vacuum-size=`, e.g. `500M`; `""` leaves the journal alone.
@@ -705,16 +705,6 @@ impl Config {
             if v.is_zero() {
                 return Err((k(name), "must be longer than 0s".into()));
             }
-        }
-        if fd.step_timeout > fd.timeout {
-            return Err((
-                k("step_timeout"),
-                format!(
-                    "{} is longer than the whole run's timeout ({})",
-                    humantime::format_duration(fd.step_timeout),
-                    humantime::format_duration(fd.timeout)
-                ),
-            ));
         }
         if fd.max_runs == 0 {
             return Err((k("max_runs"), "must be at least 1".into()));
@@ -1307,8 +1297,8 @@ global_per_hour = 7
                 vec!["runbooks.free_disk.nix_gc_older_than", "whole number of days"],
             ),
             (
-                "[runbooks.free_disk]\ntimeout = \"1m\"\nstep_timeout = \"2m\"\n".into(),
-                vec!["config.toml:3", "runbooks.free_disk.step_timeout"],
+                "[runbooks.free_disk]\nstep_timeout = \"0s\"\n".into(),
+                vec!["config.toml:2", "runbooks.free_disk.step_timeout"],
             ),
             (
                 "[runbooks.free_disk]\nmax_runs = 0\n".into(),
