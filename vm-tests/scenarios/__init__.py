@@ -35,7 +35,9 @@ from .evidence_s3_outage import scenario_evidence_s3_outage_then_catch_up
 from .evidence_local import scenario_evidence_sealed_and_verifiable
 from .crash_loop_agent_restart import scenario_crash_loop_survives_agent_restart
 from .disk_fill import scenario_disk_fill_is_freed, scenario_disk_nothing_to_free
-from .disk_helper import scenario_disk_agent_restart, scenario_disk_helper_timeout
+from .disk_fill_rate import scenario_disk_fill_rate_warns
+from .disk_helper import (scenario_disk_agent_restart, scenario_disk_helper_hardening,
+                          scenario_disk_helper_timeout)
 from .disk_refusals import scenario_disk_bad_entry, scenario_disk_not_remediable
 from .flapping import scenario_flapping_survives_agent_restart
 from .oneshot_rerun import scenario_oneshot_failure_is_rerun
@@ -68,6 +70,9 @@ ALL = [
     scenario_disk_agent_restart,
     scenario_disk_bad_entry,
     scenario_disk_not_remediable,
+    scenario_disk_helper_hardening,
+    # last: five minutes of steady growth before the fit may predict
+    scenario_disk_fill_rate_warns,
 ]
 
 __all__ = [f.__name__ for f in ALL] + ["ALL"]

@@ -23,6 +23,12 @@ def _fill_rate_incident(machine):
     return found[0] if found else None
 
 
+def _status_mount(machine, level: str):
+    mounts = {m["mount"]: m for m in status_json(machine)["agent"].get("mounts", [])}
+    m = mounts.get(DATA)
+    return m if m and m.get("level") == level else None
+
+
 @needs_free_disk
 def scenario_disk_fill_rate_warns(machine) -> None:
     with disk_scenario(machine):
@@ -56,9 +62,10 @@ def scenario_disk_fill_rate_warns(machine) -> None:
             ttf = metric_value(text, "msp_agent_disk_seconds_to_full", mount=DATA)
             assert ttf is not None, f"no msp_agent_disk_seconds_to_full for {DATA}"
             assert 2 * 3600 < ttf < 24 * 3600, f"predicted {ttf:.0f} s to full"
-            mounts = {m["mount"]: m for m in status_json(machine)["agent"].get("mounts", [])}
-            assert mounts.get(DATA, {}).get("level") == "warning", mounts.get(DATA)
-            assert mounts[DATA]["seconds_to_full"] > 2 * 3600, mounts[DATA]
+            # the status row is rewritten at the heartbeat (5 s)
+            mount = wait_until(lambda: _status_mount(machine, "warning"), 15,
+                               f"msp-agent status to show {DATA} at warning")
+            assert mount["seconds_to_full"] > 2 * 3600, mount
             runs = [r for i in incidents_for(machine, DATA) for r in i.get("runs", [])
                     if r.get("runbook") == RUNBOOK_DISK]
             assert not runs, runs

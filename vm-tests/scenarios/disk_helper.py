@@ -9,6 +9,7 @@ incident resolves once the helper that was already running has freed the space."
 from __future__ import annotations
 
 import json
+import re
 
 from .common import AGENT, describe, wait_until
 from .disk_common import (CACHE, DATA, DISK_ACTED, HELPER_RESULT_DIR, RUNBOOK_DISK, data_config,
@@ -104,3 +105,20 @@ def scenario_disk_agent_restart(machine) -> None:
 
         body = run_evidence(machine, acted[0]["run_id"])
         assert body["outcome"] == "interrupted", body
+
+
+def scenario_disk_helper_hardening(machine) -> None:
+    """The helper runs as root, so its sandbox is what limits it: `systemd-analyze
+    security` rates the instance for /srv/data at 2.0 or lower, and it may not reach
+    the network."""
+    unit = helper_unit(machine, DATA)
+    out = machine.succeed(f"systemd-analyze security --no-pager {unit} 2>&1")
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert m, f"no overall exposure level in:\n{out[-2000:]}"
+    exposure = float(m.group(1))
+    machine.log(f"systemd-analyze security {unit}: exposure {exposure}")
+    assert exposure <= 2.0, f"exposure {exposure} is above the goal of 2.0:\n{out[-3000:]}"
+    props = machine.succeed(
+        f"systemctl show -p PrivateNetwork -p NoNewPrivileges -p ProtectSystem -p ReadWritePaths {unit}")
+    for want in ("PrivateNetwork=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", DATA):
+        assert want in props, f"{want} not in the helper's properties:\n{props}"
