@@ -23,7 +23,9 @@ this repository, and measures on a real systemd:
 2. Idle cost. 200 running units (bench-NNN.service, `sleep infinity`) matched by a glob
    in the config; the agent is left alone for 60 s; prints its resident memory (VmRSS,
    VmHWM) and CPU use over the interval (utime + stime from /proc/<pid>/stat) against
-   the goals (CPU <= 0.1 % with 200 units, RSS < 15 MiB).
+   the goals (CPU <= 0.1 % with 200 units, RSS < 15 MiB). Measured twice: first with
+   the disk watcher off (`[watch] disks = []`), then on as by default (every real mount
+   every 10 s), so its cost is printed beside the figures.
 
 Prints figures; never asserts on them. Needs root. Usage:
   python3 benches/bench-detection.py [--kills 50] [--units 200] [--idle 60] [--json FILE]
@@ -59,9 +61,12 @@ GOAL_IDLE_UNITS = 200
 GOAL_RSS_MIB = 15.0  # strictly below
 
 
-def config(patterns: list[tuple[str, bool]]) -> str:
-    """Limits out of the way: every kill must be remediated, however fast they come."""
-    rules = "".join(
+def config(patterns: list[tuple[str, bool]], disks: bool = True) -> str:
+    """Limits out of the way: every kill must be remediated, however fast they come.
+    The disk watcher is on as by default (every real mount, every 10 s) unless `disks`
+    is false (`[watch] disks = []`)."""
+    rules = "" if disks else "[watch]\ndisks = []\n\n"
+    rules += "".join(
         f'[[watch.units]]\npattern = "{p}"\nremediate = {"true" if r else "false"}\n\n' for p, r in patterns)
     return f"""\
 [agent]
@@ -220,7 +225,7 @@ def cpu_ticks(machine, pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
 
-def measure_idle(machine, units: int, idle: float) -> dict:
+def measure_idle(machine, units: int, idle: float, disks: bool = True) -> dict:
     machine.succeed(
         f"for i in $(seq -f %03g 0 {units - 1}); do printf '%s\\n' '[Unit]' "
         "'Description=Idle unit for the agent to watch' '[Service]' 'ExecStart=/bin/sleep infinity' "
@@ -229,7 +234,7 @@ def measure_idle(machine, units: int, idle: float) -> dict:
         f"systemctl start $(seq -f 'bench-%03g.service' 0 {units - 1})",
     )
     running = int(machine.succeed("systemctl list-units --state=running --no-legend --plain 'bench-*.service' | wc -l"))
-    restart_agent_fresh(machine, config([(DEMO, True), ("bench-*.service", False)]))
+    restart_agent_fresh(machine, config([(DEMO, True), ("bench-*.service", False)], disks=disks))
     pid = int(machine.get_unit_property(AGENT, "MainPID"))
     hz = int(machine.succeed("getconf CLK_TCK"))
     time.sleep(2)  # let start-up work (initial state of every unit) finish
@@ -238,7 +243,9 @@ def measure_idle(machine, units: int, idle: float) -> dict:
     t1, ticks1 = time.monotonic(), cpu_ticks(machine, pid)
     status = proc_status(machine, pid)
     assert int(machine.get_unit_property(AGENT, "MainPID")) == pid, "the agent restarted during the idle interval"
+    agent = json.loads(machine.succeed("msp-agent status --json"))["agent"]
     return {
+        "mounts": [m["mount"] for m in agent.get("mounts", [])],
         "units": running,
         "idle_s": t1 - t0,
         "cpu_percent": (ticks1 - ticks0) / hz / (t1 - t0) * 100,
@@ -270,7 +277,8 @@ def main() -> int:
         d = measure_detection(machine, args.kills)
         results["detection"] = d
     if args.idle > 0:
-        print(f"idle: {args.units} units, {args.idle:.0f} s", flush=True)
+        print(f"idle: {args.units} units, {args.idle:.0f} s, disk watcher off, then on", flush=True)
+        results["idle_without_disks"] = measure_idle(machine, args.units, args.idle, disks=False)
         results["idle"] = measure_idle(machine, args.units, args.idle)
     machine.shutdown()
 
@@ -314,12 +322,18 @@ def main() -> int:
         i = results["idle"]
         cpu_ok = i["cpu_percent"] <= GOAL_IDLE_CPU_PERCENT
         rss_ok = i["rss_kib"] / 1024 < GOAL_RSS_MIB
-        print(f"idle, {i['units']} watched units, {i['idle_s']:.0f} s ({i['threads']} threads):")
+        off = results["idle_without_disks"]
+        print(f"idle, {i['units']} watched units, {i['idle_s']:.0f} s ({i['threads']} threads), "
+              f"disk watcher on: {len(i['mounts'])} mount(s) ({', '.join(i['mounts'])}) every 10 s:")
         note = "" if i["units"] == GOAL_IDLE_UNITS else f" (measured with {i['units']} units)"
         print(f"  {'CPU':4} {i['cpu_percent']:6.2f} %     goal <= {GOAL_IDLE_CPU_PERCENT} % with "
               f"{GOAL_IDLE_UNITS} units: {'met' if cpu_ok else 'missed'}{note}")
         print(f"  {'RSS':4} {i['rss_kib'] / 1024:6.1f} MiB   goal < {GOAL_RSS_MIB:.0f} MiB: "
               f"{'met' if rss_ok else 'missed'} (peak {i['hwm_kib'] / 1024:.1f} MiB)")
+        print(f"  the same with the disk watcher off ([watch] disks = []): CPU {off['cpu_percent']:.2f} %, "
+              f"RSS {off['rss_kib'] / 1024:.1f} MiB; the watcher's cost: CPU "
+              f"{i['cpu_percent'] - off['cpu_percent']:+.2f} points, RSS "
+              f"{(i['rss_kib'] - off['rss_kib']) / 1024:+.1f} MiB")
         results.setdefault("goals", {}).update({
             "idle_cpu_percent": GOAL_IDLE_CPU_PERCENT, "idle_units": GOAL_IDLE_UNITS, "rss_mib": GOAL_RSS_MIB,
             "idle_cpu_verdict": "met" if cpu_ok else "missed", "rss_verdict": "met" if rss_ok else "missed"})
