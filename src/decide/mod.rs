@@ -9,6 +9,7 @@ pub mod agent;
 pub mod checks;
 pub mod disks;
 pub mod incident;
+pub mod journal;
 pub mod limits;
 pub mod policy;
 pub mod units;

@@ -9,6 +9,7 @@
 //! one line in the runtime that spawns its task.
 
 pub mod disks;
+pub mod journal;
 pub mod units;
 
 /// How far a source has delivered, to be made durable with its effects.
