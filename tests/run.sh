@@ -39,6 +39,14 @@ s3_tests() {
     fi
     cargo test --locked --test s3_objectlock -- --include-ignored
 }
+# promtool (Debian's prometheus package) checks the endpoint's exposition.
+promtool_check() {
+    if ! command -v promtool >/dev/null; then
+        echo "promtool is not installed (apt-get install prometheus): the exposition cannot be checked"
+        return 1
+    fi
+    cargo test --locked --lib promtool -- --ignored
+}
 fuzz() { CARGO_TARGET_DIR=/var/tmp/msp-agent-fuzz-target bash fuzz/run.sh "${FUZZ_SECONDS:-20}"; }
 
 lint() { cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings; }
@@ -48,6 +56,7 @@ stage lint lint
 stage s3-server start_s3
 stage unit-and-integration-tests cargo test --locked
 stage s3-tests s3_tests
+stage metrics-promtool promtool_check
 stage fuzz fuzz
 stage evidence-benchmark cargo bench --locked --bench evidence
 stage nix bash tests/nix/check.sh

@@ -213,13 +213,19 @@ impl Metrics {
         })
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text format (what prometheus-client writes).
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
+    }
+
+    /// The Prometheus text format 0.0.4: what Prometheus scrapes by default and
+    /// `promtool check metrics` reads.
+    pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
     }
 
     /// Sets the disk gauges from a round of samples; a mount absent from it
@@ -275,6 +281,57 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `addr` until `cancel`.
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family is
+/// named with its `_total` suffix (OpenMetrics names it without, which
+/// promtool reports as samples without help text), `unknown` is `untyped`, and
+/// `# UNIT` and `# EOF` lines are left out. Samples are unchanged.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(if prefix == "# TYPE " && tail == "unknown" {
+                        "untyped"
+                    } else {
+                        tail
+                    });
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a scraper asked for OpenMetrics (`Accept: application/openmetrics-text`).
+fn wants_openmetrics(req: &Request<hyper::body::Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
 pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr, cancel: CancellationToken) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -303,9 +360,17 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr, cancel: Cancellation
                 let metrics = metrics.clone();
                 async move {
                     if req.uri().path() == "/metrics" {
+                        let (kind, body) = if wants_openmetrics(&req) {
+                            (
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                metrics.encode_openmetrics(),
+                            )
+                        } else {
+                            ("text/plain; version=0.0.4; charset=utf-8", metrics.encode())
+                        };
                         Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.encode())))
+                            .header("content-type", kind)
+                            .body(Full::new(Bytes::from(body)))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
@@ -350,6 +415,110 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    /// Every family the agent exports, each with a sample.
+    fn full() -> Arc<Metrics> {
+        let m = Metrics::new();
+        m.incidents_opened
+            .get_or_create(&IncidentLabels {
+                check: "unit_failed".into(),
+                severity: "critical".into(),
+            })
+            .inc();
+        m.remediations
+            .get_or_create(&RunLabels {
+                runbook: "RB-DISK-001".into(),
+                outcome: "partial".into(),
+            })
+            .inc();
+        m.remediation_duration
+            .get_or_create(&RunbookLabel {
+                runbook: "RB-DISK-001".into(),
+            })
+            .observe(2.5);
+        m.set_open(&[("firing", 1)]);
+        m.disk_read_errors.inc();
+        m
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total_and_has_no_eof() {
+        let om = full().encode_openmetrics();
+        assert!(om.contains("# TYPE msp_agent_remediations counter"), "{om}");
+        assert!(om.trim_end().ends_with("# EOF"));
+        let text = full().encode();
+        for want in [
+            "# HELP msp_agent_remediations_total ",
+            "# TYPE msp_agent_remediations_total counter\n",
+            "# TYPE msp_agent_disk_read_errors_total counter\n",
+            "# TYPE msp_agent_remediation_duration_seconds histogram\n",
+            r#"msp_agent_remediations_total{runbook="RB-DISK-001",outcome="partial"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert_eq!(
+            to_prometheus_text(
+                "# HELP a_total x\n# TYPE a_total counter\n# TYPE b unknown\nb 1\n# EOF\n"
+            ),
+            "# HELP a_total x\n# TYPE a_total counter\n# TYPE b untyped\nb 1\n",
+            "a family already named _total keeps its name"
+        );
+    }
+
+    /// What Prometheus's own checker says of the endpoint's body.
+    #[test]
+    #[ignore = "needs promtool (Debian's prometheus package); tests/run.sh runs it"]
+    fn promtool_accepts_the_exposition_without_warnings() {
+        use std::io::Write;
+        let text = full().encode();
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool on PATH (apt-get install prometheus)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool check metrics: {:?}\n{said}\non:\n{text}",
+            out.status.code()
+        );
+        // and the OpenMetrics form is what it complains about
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(full().encode_openmetrics().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "a positive control: OpenMetrics text draws warnings"
+        );
     }
 
     #[test]
