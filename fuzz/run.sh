@@ -14,7 +14,7 @@ export RUSTC_BOOTSTRAP=1
 touch src/lib.rs
 cargo fuzz build -O
 mkdir -p artifacts
-for t in bundle_parse spool_segment verify; do
+for t in bundle_parse spool_segment verify journal_rules; do
   mkdir -p "corpus/$t"
   [ -d "seeds/$t" ] && cp -n "seeds/$t"/* "corpus/$t/" 2>/dev/null || true
   echo "fuzz $t for ${SECONDS_EACH}s"

@@ -1,5 +1,5 @@
 //! The pure part of msp-agent's evidence code (events, bundle, keys, spool format,
-//! verify), compiled from the agent's own source files without the S3 client and the
+//! verify) and of its journal rules (a journal entry, the rules as checks), compiled from the agent's own source files without the S3 client and the
 //! rest of the daemon, so that an instrumented fuzz build takes a minute, not twenty.
 //! (The modules refer to each other as `super::…`, which resolves here at the root.)
 #![allow(dead_code)]
@@ -19,3 +19,7 @@ pub mod verify;
 pub mod prove {
     pub use super::{bundle, keys, spool, verify};
 }
+
+/// The journal rules and what they read: `msp_agent::decide::journal::…`.
+pub mod decide;
+pub mod watch;

@@ -11,7 +11,7 @@ use super::incident::Condition;
 
 pub trait Check<O>: Send {
     /// The check's name, as it appears in incidents, evidence and metrics.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// One observation: the evaluation it causes, if the check applies to it.
     fn observe(&mut self, obs: &O) -> Option<Condition>;
     /// Time passing: re-evaluations whose answer may have changed by `now`.

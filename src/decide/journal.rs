@@ -206,17 +206,15 @@ struct Group {
 /// One rule as a check: its groups and their windows.
 pub struct JournalCheck {
     rule: JournalRule,
-    name: &'static str,
+    name: String,
     groups: HashMap<String, Group>,
 }
 
 impl JournalCheck {
     pub fn new(rule: JournalRule) -> JournalCheck {
-        // A check's name lives as long as the agent; one small string per rule.
-        let name: &'static str = Box::leak(rule.check_name().into_boxed_str());
         JournalCheck {
+            name: rule.check_name(),
             rule,
-            name,
             groups: HashMap::new(),
         }
     }
@@ -309,8 +307,8 @@ impl JournalCheck {
 }
 
 impl Check<JournalEntry> for JournalCheck {
-    fn name(&self) -> &'static str {
-        self.name
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn observe(&mut self, e: &JournalEntry) -> Option<Condition> {
