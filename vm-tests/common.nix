@@ -39,6 +39,9 @@ let
     mount = "/srv/data";
     cache = "/srv/data/cache";
     sizeMiB = 64;
+    # watched only, never freed: the disk scenarios' second mount
+    archive = "/srv/archive";
+    archiveSizeMiB = 16;
   };
 in
 rec {
@@ -191,6 +194,14 @@ rec {
         fsType = "tmpfs";
         options = [
           "size=${toString disk.sizeMiB}m"
+          "mode=0755"
+        ];
+      };
+      virtualisation.fileSystems.${disk.archive} = {
+        device = "tmpfs";
+        fsType = "tmpfs";
+        options = [
+          "size=${toString disk.archiveSizeMiB}m"
           "mode=0755"
         ];
       };

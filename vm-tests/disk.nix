@@ -65,7 +65,8 @@ pkgs.testers.runNixOSTest {
     agent.wait_for_unit("local-fs.target")
 
     with subtest("the mount is a small file system of its own"):
-        agent.succeed(f"findmnt -n -o FSTYPE {MOUNT} | grep -qx tmpfs", f"test -d {CACHE}")
+        agent.succeed(f"findmnt -n -o FSTYPE {MOUNT} | grep -qx tmpfs", f"test -d {CACHE}",
+                      "findmnt -n -o FSTYPE ${disk.archive} | grep -qx tmpfs")
 
     with subtest("the helper unit is a template the module made, never started at boot"):
         agent.succeed(f"systemctl cat {HELPER}")
